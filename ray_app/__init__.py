@@ -1,0 +1,1 @@
+"""ray_app: CI/CD for machine learning on Ray."""

@@ -1,0 +1,217 @@
+"""`ray-app`: one subcommand per stage; each also runs as `ray job submit --working-dir . -- ray-app <stage>`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+
+import yaml
+
+from ray_app.config import ConfigError, ExperimentConfig, RuntimePaths
+
+EXIT_OK, EXIT_ERROR = 0, 2
+DEMO_PORT = 8000
+
+
+def load_config(spec: str | None, overrides: list[str]) -> ExperimentConfig:
+    """The spec file (or the defaults) with `--set section.field=value` overrides applied."""
+    cfg = ExperimentConfig.from_yaml(spec) if spec else ExperimentConfig()
+    sections: dict[str, dict] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, field = key.partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"--set {item!r}: expected section.field=value, e.g. train.epochs=3")
+        sections.setdefault(section, {})[field] = yaml.safe_load(value)
+    unknown = sorted(set(sections) - set(ExperimentConfig.model_fields))
+    if unknown:
+        raise ConfigError(f"--set: unknown section(s) {', '.join(unknown)}")
+    return cfg.with_overrides(**sections) if sections else cfg
+
+
+def connect_ray(paths: RuntimePaths) -> None:
+    """Join the cluster in RAY_ADDRESS (as under `ray job submit`), or start a local one on 127.0.0.1."""
+    import ray
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    if ray.is_initialized():
+        return
+    if paths.ray_address:
+        ray.init(address=paths.ray_address, logging_level=logging.WARNING)
+    else:
+        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, logging_level=logging.WARNING,
+                 object_store_memory=512 * 1024**2, _node_ip_address="127.0.0.1")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def _print(obj: object) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def cmd_ingest(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
+    from ray_app.data.preprocess import prepare
+
+    connect_ray(paths)
+    data = prepare(cfg.data, paths.data_dir)
+    _print({"dataset_version": data.version.model_dump(), "features": data.spec.model_dump(),
+            "splits": {name: ds.count() for name, ds in data.raw.items()}})
+    return EXIT_OK
+
+
+def cmd_train(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
+    from ray_app.pipeline import run_training
+
+    connect_ray(paths)
+    report = run_training(cfg, paths, run_name=args.run_name)
+    if args.alias:
+        from ray_app.registry import ModelRegistry
+
+        ModelRegistry(paths.tracking_uri).set_alias(report.model.name, args.alias, report.model.version)
+    _print({"model_uri": report.model.uri, "alias": args.alias, "mlflow_run_id": report.mlflow_run_id,
+            "dataset_version": report.dataset_version, "holdout": report.holdout, "baseline": report.baseline})
+    _print_mlflow_hint(paths, report.mlflow_run_id)
+    return EXIT_OK
+
+
+def cmd_register(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
+    from ray_app.registry import ModelRegistry
+
+    registry = ModelRegistry(paths.tracking_uri)
+    name = args.model_name or cfg.registry.model_name
+    version = args.version or registry.latest_version(name).version
+    registry.set_alias(name, args.alias, version)
+    _print({"model": name, "version": version, "alias": args.alias, "uri": f"models:/{name}@{args.alias}"})
+    return EXIT_OK
+
+
+def cmd_predict(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
+    from ray_app.serve.batch import score_files
+    from ray_app.serve.variant import RegistryLoader
+
+    connect_ray(paths)
+    rows = score_files(args.input, args.output, args.model_uri, RegistryLoader(paths.tracking_uri),
+                       concurrency=args.concurrency)
+    _print({"rows_scored": rows, "output": args.output, "model_uri": args.model_uri})
+    return EXIT_OK
+
+
+def start_serving(model_uri: str, paths: RuntimePaths, port: int, batching: bool = True) -> str:
+    """Run one model variant on Serve at http://127.0.0.1:<port>/ and return the predict URL."""
+    from ray import serve
+
+    from ray_app.serve.app import VariantArgs, variant_app
+
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app = variant_app(VariantArgs(model_uri=model_uri, tracking_uri=paths.tracking_uri, batching=batching))
+    serve.run(app, name="model", route_prefix="/")
+    return f"http://127.0.0.1:{port}/predict"
+
+
+def cmd_serve(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
+    connect_ray(paths)
+    url = start_serving(args.model_uri, paths, args.port, batching=not args.no_batching)
+    print(f"serving {args.model_uri} at {url} (GET {url.rsplit('/', 1)[0]}/schema); Ctrl-C stops")
+    if args.detach:
+        return EXIT_OK
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def cmd_demo(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
+    import httpx
+
+    from ray_app.pipeline import run_training
+    from ray_app.registry import ModelRegistry
+
+    connect_ray(paths)
+    print(f"[demo] training {cfg.name!r} on {cfg.data.source!r} with {cfg.train.num_workers} Ray Train workers")
+    report = run_training(cfg, paths)
+    ModelRegistry(paths.tracking_uri).set_alias(report.model.name, "champion", report.model.version)
+    champion = f"models:/{report.model.name}@champion"
+    print(f"[demo] registered {report.model.uri} as {champion}; holdout {report.holdout} "
+          f"vs baseline {report.baseline}")
+    url = start_serving(champion, paths, args.port)
+    schema = httpx.get(url.rsplit("/", 1)[0] + "/schema", timeout=30).json()["schema"]
+    sample = {name: 0.0 for name in schema["numeric"]}
+    sample.update({name: values[0] for name, values in schema["categorical"].items()})
+    response = httpx.post(url, json={"instances": [sample]}, timeout=30)
+    print(f"[demo] POST {url} {json.dumps({'instances': [sample]})}")
+    print(f"[demo] -> {response.status_code} {response.text}")
+    _print_mlflow_hint(paths, report.mlflow_run_id)
+    if args.keep_serving:
+        print(f"[demo] still serving at {url}; Ctrl-C stops")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return EXIT_OK if response.status_code == 200 else EXIT_ERROR
+
+
+def _print_mlflow_hint(paths: RuntimePaths, run_id: str) -> None:
+    print(f"[mlflow] run {run_id} in {paths.tracking_uri} (artifacts under {paths.home / 'mlartifacts'})")
+    print(f"[mlflow] browse it: mlflow ui --backend-store-uri {paths.tracking_uri} --host 127.0.0.1 --port 5000")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ray-app", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+
+    def stage(name: str, func: Callable, text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--spec", help="experiment config YAML (see tuning/); defaults apply without one")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                       help="override one config field, e.g. --set train.epochs=3 (repeatable)")
+        p.set_defaults(func=func)
+        return p
+
+    stage("ingest", cmd_ingest, "read the data, fingerprint it and show its splits")
+    p = stage("train", cmd_train, "train with Ray Train, log to MLflow and register a model version")
+    p.add_argument("--run-name", help="Ray Train run name; re-using one resumes from its checkpoints")
+    p.add_argument("--alias", help="also point this alias (e.g. challenger) at the new version")
+    p = stage("register", cmd_register, "point a registry alias at a model version")
+    p.add_argument("--model-name", help="registered model name (default: the spec's registry.model_name)")
+    p.add_argument("--version", help="model version (default: the newest)")
+    p.add_argument("--alias", required=True, help="alias to set, e.g. champion or challenger")
+    p = stage("predict", cmd_predict, "score a Parquet/CSV file or folder with Ray Data")
+    p.add_argument("--model-uri", required=True, help="models:/<name>@<alias> or models:/<name>/<version>")
+    p.add_argument("--input", required=True, help="Parquet/CSV file, folder or URI")
+    p.add_argument("--output", required=True, help="output folder for Parquet files")
+    p.add_argument("--concurrency", type=int, default=1, help="number of scoring actors")
+    p = stage("serve", cmd_serve, "serve a registered model over HTTP with Ray Serve")
+    p.add_argument("--model-uri", required=True, help="models:/<name>@<alias> or models:/<name>/<version>")
+    p.add_argument("--port", type=int, default=DEMO_PORT)
+    p.add_argument("--no-batching", action="store_true", help="predict each request alone (no @serve.batch)")
+    p.add_argument("--detach", action="store_true", help="return once deployed (needs a running cluster)")
+    p = stage("demo", cmd_demo, "built-in data to a served model: ingest, train, register champion, serve")
+    p.add_argument("--port", type=int, default=DEMO_PORT)
+    p.add_argument("--keep-serving", action="store_true", help="keep the endpoint up until Ctrl-C")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mlflow.exceptions import MlflowException
+
+    from ray_app.data.sources import DataSourceError
+
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.spec, args.overrides)
+        paths = RuntimePaths.resolve().ensure()
+        return args.func(args, cfg, paths)
+    except (ConfigError, DataSourceError, LookupError, FileNotFoundError, MlflowException) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,169 @@
+"""Typed configuration: one ExperimentConfig loaded from YAML, and the runtime paths resolved once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be read or does not validate; the message names file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticConfig(_Strict):
+    """Knobs of the built-in synthetic tabular generator."""
+
+    rows: int = Field(2000, ge=10)
+    drift: float = Field(0.0, ge=0.0, description="shift of the numeric means, in standard deviations")
+
+
+class DataConfig(_Strict):
+    """Where the data comes from and how it is split.
+
+    `source` is a built-in set (`synthetic`, `breast_cancer`, `diabetes`) or a Parquet/CSV path or URI.
+    """
+
+    source: str = "synthetic"
+    label: str | None = None
+    numeric: list[str] | None = None
+    categorical: list[str] | None = None
+    task: Literal["classification", "regression"] | None = None
+    val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    holdout_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    seed: int = 0
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+
+class ModelConfig(_Strict):
+    """Hyperparameters of the tabular MLP."""
+
+    width: int = Field(64, ge=1, le=4096)
+    depth: int = Field(2, ge=1, le=16)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class TrainConfig(_Strict):
+    """How training runs: workers, device, optimisation and failure handling."""
+
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    seed: int = 0
+    max_failures: int = Field(3, ge=0)
+    checkpoints_to_keep: int = Field(2, ge=1)
+
+
+class RegistryConfig(_Strict):
+    """Where runs and models are recorded."""
+
+    experiment: str = "ray-app"
+    model_name: str = "ray-app-model"
+
+
+class ServeSettings(_Strict):
+    """Limits and batching of a model variant."""
+
+    max_rows: int = Field(1000, ge=1)
+    max_batch_size: int = Field(32, ge=1)
+    batch_wait_timeout_s: float = Field(0.005, ge=0.0)
+
+
+class ExperimentConfig(_Strict):
+    """The one object passed down through every stage."""
+
+    name: str = "default"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    registry: RegistryConfig = RegistryConfig()
+    serve: ServeSettings = ServeSettings()
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ExperimentConfig:
+        """Load and validate a YAML file; errors name the file and the offending field."""
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(f"{path}: invalid config:\n{format_validation_error(exc)}") from None
+
+    def with_overrides(self, **sections: dict) -> ExperimentConfig:
+        """A copy with fields of some sections replaced, validated again (e.g. `train={"epochs": 2}`)."""
+        raw = self.model_dump()
+        for section, values in sections.items():
+            raw[section] = {**raw[section], **values}
+        try:
+            return type(self).model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid override:\n{format_validation_error(exc)}") from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem: `  train.epochs: Input should be greater than or equal to 1 (got 0)`."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err["loc"]) or "<root>"
+        got = f" (got {err['input']!r})" if err["type"] != "missing" and "input" in err else ""
+        lines.append(f"  {where}: {err['msg']}{got}")
+    return "\n".join(lines)
+
+
+class RuntimePaths(_Strict):
+    """Where this installation keeps its state. Resolved once, from the environment, here and nowhere else."""
+
+    home: Path
+    tracking_uri: str
+    storage_path: str
+    ray_address: str | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.home / "audit.jsonl"
+
+    @classmethod
+    def resolve(cls, environ: dict[str, str] | None = None) -> RuntimePaths:
+        """Read `RAY_APP_HOME`, `MLFLOW_TRACKING_URI`, `RAY_APP_STORAGE` and `RAY_ADDRESS`."""
+        env = os.environ if environ is None else environ
+        home = Path(env.get("RAY_APP_HOME", Path.home() / ".ray_app")).expanduser().resolve()
+        return cls(
+            home=home,
+            tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}"),
+            storage_path=env.get("RAY_APP_STORAGE", str(home / "ray_results")),
+            ray_address=env.get("RAY_ADDRESS") or None,
+        )
+
+    def ensure(self) -> RuntimePaths:
+        """Create the local folders this installation writes to."""
+        for folder in (self.home, self.data_dir, self.home / "mlartifacts"):
+            folder.mkdir(parents=True, exist_ok=True)
+        if "://" not in self.storage_path:
+            Path(self.storage_path).mkdir(parents=True, exist_ok=True)
+        return self
+
+    @property
+    def artifact_root(self) -> str:
+        return (self.home / "mlartifacts").as_uri()

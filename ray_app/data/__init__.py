@@ -1,0 +1,1 @@
+"""Data stage: sources and fingerprints, validation, splits and the fitted preprocessor."""

@@ -1,0 +1,198 @@
+"""Data sources: built-in sets, Parquet/CSV readers through Ray Data, and the DatasetVersion fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict
+
+from ray_app.config import DataConfig
+
+BUILTIN_SETS = ("synthetic", "breast_cancer", "diabetes")
+SUPPORTED_SUFFIXES = (".parquet", ".csv")
+
+
+class DataSourceError(ValueError):
+    """A data source that cannot be found, read or understood."""
+
+
+class FeatureSpec(BaseModel):
+    """Which columns are features (numeric, categorical), which is the label, and the task."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label: str
+    numeric: list[str]
+    categorical: list[str]
+    task: Literal["classification", "regression"]
+
+    @property
+    def features(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+
+class DatasetVersion(BaseModel):
+    """Content fingerprint of the input files and their schema: same bytes, same version."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    files: list[str]
+    columns: dict[str, str]
+    num_rows: int
+
+
+def synthetic_frame(rows: int, drift: float = 0.0, seed: int = 0) -> pd.DataFrame:
+    """A seeded binary-classification table with numeric and categorical columns.
+
+    `drift` shifts every numeric mean by that many standard deviations; the label rule stays the same.
+    """
+    rng = np.random.default_rng(seed)
+    numeric = rng.normal(loc=drift, scale=1.0, size=(rows, 6))
+    segment = rng.choice(["a", "b", "c", "d"], size=rows, p=[0.4, 0.3, 0.2, 0.1])
+    channel = rng.choice(["web", "store", "app"], size=rows)
+    segment_effect = pd.Series(segment).map({"a": -0.5, "b": 0.0, "c": 0.5, "d": 1.0}).to_numpy()
+    logit = (
+        1.5 * numeric[:, 0] - 1.0 * numeric[:, 1] + 0.8 * numeric[:, 2] * numeric[:, 3]
+        + segment_effect + 0.3 * (channel == "app") + rng.normal(scale=0.5, size=rows)
+    )
+    frame = pd.DataFrame(numeric, columns=[f"x{i}" for i in range(6)])
+    frame["segment"] = segment
+    frame["channel"] = channel
+    frame["label"] = (logit > 0).astype("int64")
+    return frame
+
+
+def _sklearn_frame(name: str) -> pd.DataFrame:
+    from sklearn import datasets
+
+    loader = {"breast_cancer": datasets.load_breast_cancer, "diabetes": datasets.load_diabetes}[name]
+    frame = loader(as_frame=True).frame
+    frame.columns = [str(col).replace(" ", "_") for col in frame.columns]
+    return frame.rename(columns={"target": "label"})
+
+
+def builtin_frame(cfg: DataConfig) -> pd.DataFrame:
+    """The built-in set named by `cfg.source` as a DataFrame."""
+    if cfg.source == "synthetic":
+        return synthetic_frame(cfg.synthetic.rows, cfg.synthetic.drift, cfg.seed)
+    return _sklearn_frame(cfg.source)
+
+
+def materialize_builtin(cfg: DataConfig, data_dir: Path) -> Path:
+    """Write a built-in set to Parquet once, so that it is read and fingerprinted like any file."""
+    suffix = ""
+    if cfg.source == "synthetic":
+        suffix = f"-rows{cfg.synthetic.rows}-drift{cfg.synthetic.drift:g}-seed{cfg.seed}"
+    path = data_dir / f"{cfg.source}{suffix}.parquet"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        builtin_frame(cfg).to_parquet(tmp, index=False)
+        tmp.replace(path)
+    return path
+
+
+def resolve_files(source: str) -> list[str]:
+    """Expand a path or URI (file or folder) into a sorted list of Parquet/CSV files."""
+    try:
+        fs, root = _filesystem(source)
+    except (ValueError, OSError) as exc:
+        raise DataSourceError(f"cannot open data source {source!r}: {exc}") from None
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise DataSourceError(f"data source {source!r} does not exist")
+    if info.type == pafs.FileType.Directory:
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+        files = sorted(i.path for i in infos if i.is_file and i.path.endswith(SUPPORTED_SUFFIXES))
+    else:
+        files = [root]
+    if not files or not all(f.endswith(SUPPORTED_SUFFIXES) for f in files):
+        kinds = ", ".join(SUPPORTED_SUFFIXES)
+        raise DataSourceError(f"data source {source!r}: expected Parquet or CSV files ({kinds})")
+    scheme = source.split("://", 1)[0] + "://" if "://" in source else ""
+    return [scheme + f if scheme and not f.startswith(scheme) else f for f in files]
+
+
+def source_files(cfg: DataConfig, data_dir: Path) -> list[str]:
+    """The files behind a data config: a built-in set is written to Parquet first."""
+    if cfg.source in BUILTIN_SETS:
+        return [str(materialize_builtin(cfg, data_dir))]
+    return resolve_files(cfg.source)
+
+
+def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    return pafs.FileSystem.from_uri(path if "://" in path else str(Path(path).resolve()))
+
+
+def _read_schema(path: str) -> dict[str, str]:
+    if path.endswith(".parquet"):
+        fs, inner = _filesystem(path)
+        return {field.name: str(field.type) for field in pq.read_schema(inner, filesystem=fs)}
+    head = pd.read_csv(path, nrows=100)
+    return {col: str(dtype) for col, dtype in head.dtypes.items()}
+
+
+def fingerprint(files: list[str]) -> DatasetVersion:
+    """Hash the bytes of every file (in sorted order) and the schema into a DatasetVersion."""
+    digest = hashlib.sha256()
+    num_rows = 0
+    for path in sorted(files):
+        fs, inner = _filesystem(path)
+        lines, last = 0, b"\n"
+        with fs.open_input_stream(inner) as stream:
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+                lines, last = lines + chunk.count(b"\n"), chunk[-1:]
+        digest.update(b"\0")
+        if path.endswith(".parquet"):
+            num_rows += pq.ParquetFile(fs.open_input_file(inner)).metadata.num_rows
+        else:  # CSV: one header line, and maybe no newline after the last row
+            num_rows += max(lines - 1 + (last != b"\n"), 0)
+    columns = _read_schema(sorted(files)[0])
+    digest.update(json.dumps(columns, sort_keys=True).encode())
+    return DatasetVersion(id=digest.hexdigest()[:16], files=sorted(files), columns=columns, num_rows=num_rows)
+
+
+def read_dataset(files: list[str]):
+    """Read Parquet or CSV files into a Ray Dataset."""
+    import ray.data
+
+    if all(f.endswith(".parquet") for f in files):
+        return ray.data.read_parquet(files)
+    if all(f.endswith(".csv") for f in files):
+        return ray.data.read_csv(files)
+    raise DataSourceError("mixed Parquet and CSV files in one source are not supported")
+
+
+def infer_spec(cfg: DataConfig, columns: dict[str, str]) -> FeatureSpec:
+    """Decide label, features and task from the config, falling back to the schema's types."""
+    builtin_label = "label" if cfg.source in BUILTIN_SETS else None
+    label = cfg.label or builtin_label
+    if label is None:
+        raise DataSourceError(f"data.label is required for source {cfg.source!r}")
+    if label not in columns:
+        raise DataSourceError(f"label column {label!r} not in the data (columns: {', '.join(columns)})")
+    named = set(cfg.numeric or []) | set(cfg.categorical or [])
+    missing = sorted(named - set(columns))
+    if missing:
+        raise DataSourceError(f"feature columns not in the data: {', '.join(missing)}")
+
+    def is_numeric(dtype: str) -> bool:
+        return dtype.startswith(("int", "uint", "float", "double", "bool"))
+
+    rest = [c for c in columns if c != label and c not in named]
+    numeric = cfg.numeric if cfg.numeric is not None else [c for c in rest if is_numeric(columns[c])]
+    categorical = cfg.categorical if cfg.categorical is not None else [c for c in rest if not is_numeric(columns[c])]
+    if not numeric and not categorical:
+        raise DataSourceError("no feature columns left after removing the label")
+    task = cfg.task or ("regression" if cfg.source == "diabetes" or columns[label].startswith(("float", "double"))
+                        else "classification")
+    return FeatureSpec(label=label, numeric=list(numeric), categorical=list(categorical), task=task)

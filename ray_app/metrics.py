@@ -1,0 +1,44 @@
+"""Model metrics shared by training, the gates and monitoring: one definition of each figure."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sklearn import metrics as skm
+
+PRIMARY_METRIC = {"classification": "roc_auc", "regression": "rmse"}
+HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "roc_auc": True, "rmse": False, "mae": False, "loss": False}
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """Accuracy, macro F1 and ROC-AUC (one-vs-rest when there are more than two classes)."""
+    y_pred = proba.argmax(axis=1)
+    out = {
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "f1": float(skm.f1_score(y_true, y_pred, average="binary" if proba.shape[1] == 2 else "macro",
+                                 zero_division=0)),
+    }
+    if len(np.unique(y_true)) < 2:
+        out["roc_auc"] = math.nan
+    elif proba.shape[1] == 2:
+        out["roc_auc"] = float(skm.roc_auc_score(y_true, proba[:, 1]))
+    else:
+        out["roc_auc"] = float(skm.roc_auc_score(y_true, proba, multi_class="ovr", labels=range(proba.shape[1])))
+    return out
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """Root mean squared error and mean absolute error."""
+    err = np.asarray(y_pred, dtype=np.float64) - np.asarray(y_true, dtype=np.float64)
+    return {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err)))}
+
+
+def baseline_metrics(task: str, y_train: np.ndarray, y_true: np.ndarray, num_classes: int = 2) -> dict[str, float]:
+    """What a trivial model scores: the majority class (classification) or the training mean (regression)."""
+    if task == "regression":
+        return regression_metrics(y_true, np.full(len(y_true), float(np.mean(y_train))))
+    values, counts = np.unique(y_train, return_counts=True)
+    proba = np.zeros((len(y_true), num_classes))
+    proba[:, int(values[counts.argmax()])] = 1.0
+    return classification_metrics(y_true, proba)

@@ -1,0 +1,1 @@
+"""Monitoring: whylogs profiles, drift against the training reference, and the Prometheus exporter."""

@@ -1,0 +1,43 @@
+"""The whylogs adapter: the only module that imports whylogs (1.6.4, unmaintained; see DESIGN.md)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def _whylogs():
+    """Import whylogs with the fixes it needs on NumPy 2 and with its analytics off."""
+    os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "1")
+    if not hasattr(np, "unicode_"):
+        np.unicode_ = np.str_  # whylogs 1.6.4 still refers to the NumPy 1 alias
+    import whylogs
+
+    return whylogs
+
+
+def profile_frame(frame: pd.DataFrame) -> bytes:
+    """Profile a DataFrame and return the serialized profile view."""
+    why = _whylogs()
+    # pandas 3 string columns are an extension dtype whylogs does not know; plain objects it does.
+    frame = frame.astype({c: object for c in frame.columns if pd.api.types.is_string_dtype(frame[c])})
+    return why.log(frame).view().serialize()
+
+
+def load_profile(data: bytes):
+    """A profile view from bytes written by `profile_frame`."""
+    _whylogs()
+    from whylogs.core import DatasetProfileView
+
+    return DatasetProfileView.deserialize(data)
+
+
+def profile_summary(data: bytes) -> dict[str, dict[str, Any]]:
+    """Per-column counts and distribution figures, for reports and tests."""
+    view = load_profile(data)
+    summary = view.to_pandas()
+    return {str(col): {k: v for k, v in row.items() if np.isscalar(v) and pd.notna(v)}
+            for col, row in summary.iterrows()}

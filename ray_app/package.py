@@ -1,0 +1,126 @@
+"""ModelBundle: what serving needs and nothing else, saved to and loaded from one folder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from ray_app.data.preprocess import FEATURES_COLUMN, TargetEncoding, load_preprocessor
+from ray_app.train.model import MLPSpec, TabularMLP
+
+BUNDLE_FORMAT = 1
+_FILES = {"meta": "bundle.json", "weights": "weights.pt", "preprocessor": "preprocessor.bin",
+          "reference": "reference_profile.bin"}
+
+
+class FeatureSchema(BaseModel):
+    """The input contract of a model: feature names and kinds, categories seen in training, the label."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label: str
+    task: str
+    numeric: list[str]
+    categorical: dict[str, list[str]]
+
+    @property
+    def features(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+
+@dataclass
+class ModelBundle:
+    """Weights, fitted preprocessor, schema, label encoding, metrics, DatasetVersion and reference profile."""
+
+    mlp: MLPSpec
+    state_dict: dict
+    preprocessor_state: bytes
+    schema: FeatureSchema
+    target: TargetEncoding
+    metrics: dict[str, float] = field(default_factory=dict)
+    dataset_version: dict[str, Any] = field(default_factory=dict)
+    reference_profile: bytes | None = None
+
+    def __post_init__(self) -> None:
+        self._model: TabularMLP | None = None
+        self._preprocessor = None
+
+    @property
+    def model(self) -> TabularMLP:
+        if self._model is None:
+            model = TabularMLP(self.mlp)
+            model.load_state_dict(self.state_dict)
+            self._model = model.eval()
+        return self._model
+
+    @property
+    def preprocessor(self):
+        if self._preprocessor is None:
+            self._preprocessor = load_preprocessor(self.preprocessor_state)
+        return self._preprocessor
+
+    def encode(self, rows: pd.DataFrame) -> np.ndarray:
+        """Raw feature rows to the float32 matrix the network reads, exactly as in training."""
+        transformed = self.preprocessor.transform_batch(rows[self.schema.features].copy())
+        return np.stack(transformed[FEATURES_COLUMN].to_numpy()).astype(np.float32, copy=False)
+
+    @torch.no_grad()
+    def predict(self, rows: pd.DataFrame) -> dict[str, list]:
+        """Predictions in the label's own values, plus class probabilities for classification."""
+        output = self.model(torch.from_numpy(self.encode(rows))).numpy()
+        if self.target.classes is None:
+            return {"predictions": (output * self.target.std + self.target.mean).tolist()}
+        proba = np.exp(output - output.max(axis=1, keepdims=True))
+        proba /= proba.sum(axis=1, keepdims=True)
+        classes = self.target.classes
+        return {"predictions": [classes[i] for i in proba.argmax(axis=1)], "probabilities": proba.tolist()}
+
+    def size_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.state_dict.values()) + len(self.preprocessor_state)
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": BUNDLE_FORMAT,
+            "mlp": self.mlp.model_dump(),
+            "schema": self.schema.model_dump(),
+            "target": {"task": self.target.task, "classes": self.target.classes,
+                       "mean": self.target.mean, "std": self.target.std},
+            "metrics": self.metrics,
+            "dataset_version": self.dataset_version,
+        }
+        (folder / _FILES["meta"]).write_text(json.dumps(meta, indent=2, default=str))
+        torch.save(self.state_dict, folder / _FILES["weights"])
+        (folder / _FILES["preprocessor"]).write_bytes(self.preprocessor_state)
+        if self.reference_profile is not None:
+            (folder / _FILES["reference"]).write_bytes(self.reference_profile)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ModelBundle:
+        folder = Path(folder)
+        meta_path = folder / _FILES["meta"]
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{folder} is not a model bundle (no {_FILES['meta']})")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != BUNDLE_FORMAT:
+            raise ValueError(f"{folder}: bundle format {meta.get('format')} is not supported (want {BUNDLE_FORMAT})")
+        reference = folder / _FILES["reference"]
+        return cls(
+            mlp=MLPSpec(**meta["mlp"]),
+            state_dict=torch.load(folder / _FILES["weights"], map_location="cpu", weights_only=True),
+            preprocessor_state=(folder / _FILES["preprocessor"]).read_bytes(),
+            schema=FeatureSchema(**meta["schema"]),
+            target=TargetEncoding(**meta["target"]),
+            metrics=meta["metrics"],
+            dataset_version=meta["dataset_version"],
+            reference_profile=reference.read_bytes() if reference.exists() else None,
+        )

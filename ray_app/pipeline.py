@@ -1,0 +1,88 @@
+"""Stages glued together: prepare data, train with Ray Train, evaluate on the holdout, bundle and register."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ray_app.config import ExperimentConfig, RuntimePaths
+from ray_app.data.preprocess import PreparedData, prepare
+from ray_app.metrics import baseline_metrics, classification_metrics, regression_metrics
+from ray_app.monitor.profiles import profile_frame
+from ray_app.package import FeatureSchema, ModelBundle
+from ray_app.registry import ModelRef, ModelRegistry, git_sha
+from ray_app.train.trainer import TrainOutcome, train
+
+REFERENCE_ROWS = 20_000
+
+
+@dataclass
+class TrainingReport:
+    """What `ray-app train` prints and returns."""
+
+    model: ModelRef
+    mlflow_run_id: str
+    dataset_version: str
+    holdout: dict[str, float]
+    baseline: dict[str, float]
+    train_metrics: dict
+
+
+def holdout_metrics(bundle: ModelBundle, holdout: pd.DataFrame) -> dict[str, float]:
+    """Score a bundle on raw holdout rows, through the same `predict` that serving uses."""
+    labels = holdout[bundle.schema.label]
+    out = bundle.predict(holdout)
+    if bundle.target.classes is None:
+        return regression_metrics(labels.to_numpy(), np.asarray(out["predictions"]))
+    return classification_metrics(bundle.target.encode(labels), np.asarray(out["probabilities"]))
+
+
+def build_bundle(data: PreparedData, outcome: TrainOutcome) -> ModelBundle:
+    """The ModelBundle of a finished run: weights, fitted preprocessor, schema, reference profile."""
+    spec = data.spec
+    categories = {col: sorted(map(str, data.raw["train"].unique(col))) for col in spec.categorical}
+    sample = data.raw["train"].limit(REFERENCE_ROWS).to_pandas()[spec.features]
+    return ModelBundle(
+        mlp=outcome.mlp,
+        state_dict=outcome.state_dict,
+        preprocessor_state=data.preprocessor.serialize(),
+        schema=FeatureSchema(label=spec.label, task=spec.task, numeric=spec.numeric, categorical=categories),
+        target=data.target,
+        dataset_version=data.version.model_dump(),
+        reference_profile=profile_frame(sample),
+    )
+
+
+def run_training(cfg: ExperimentConfig, paths: RuntimePaths, run_name: str | None = None) -> TrainingReport:
+    """Data → Ray Train → holdout evaluation → MLflow run and a registered model version."""
+    data = prepare(cfg.data, paths.data_dir)
+    registry = ModelRegistry(paths.tracking_uri, paths.artifact_root)
+    run_name = run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    params = {
+        **{f"model.{k}": v for k, v in cfg.model.model_dump().items()},
+        **{f"train.{k}": v for k, v in cfg.train.model_dump().items()},
+        "data.source": cfg.data.source, "data.seed": cfg.data.seed,
+    }
+    tags = {"dataset_version": data.version.id, "git_sha": git_sha(), "experiment_config": cfg.name,
+            "task": data.spec.task, "ray_train_run": run_name}
+    run_id = registry.start_run(cfg.registry.experiment, run_name, params, tags)
+    try:
+        outcome = train(cfg, data, paths, run_name, paths.tracking_uri, run_id)
+        bundle = build_bundle(data, outcome)
+        holdout = data.raw["holdout"].to_pandas()
+        scores = holdout_metrics(bundle, holdout)
+        train_labels = data.raw["train"].select_columns([data.spec.label]).to_pandas()[data.spec.label]
+        y_true = (holdout[data.spec.label].to_numpy() if data.spec.task == "regression"
+                  else data.target.encode(holdout[data.spec.label]))
+        y_train = (train_labels.to_numpy() if data.spec.task == "regression" else data.target.encode(train_labels))
+        baseline = baseline_metrics(data.spec.task, y_train, y_true, data.target.num_outputs)
+        bundle.metrics = {f"holdout_{k}": v for k, v in scores.items()}
+        ref = registry.log_bundle(run_id, bundle, cfg.registry.model_name, holdout[data.spec.features].head(5))
+        registry.finish_run(run_id, {**bundle.metrics, **{f"baseline_{k}": v for k, v in baseline.items()}})
+    except BaseException:
+        registry.finish_run(run_id, {}, status="FAILED")
+        raise
+    return TrainingReport(ref, run_id, data.version.id, scores, baseline, outcome.metrics)

@@ -1,0 +1,138 @@
+"""MLflow: runs with params, metrics and lineage; the ModelBundle as a registered model; aliases."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from ray_app.package import ModelBundle
+
+BUNDLE_ARTIFACT = "bundle"
+ALIASES = ("champion", "challenger", "previous")
+
+
+class BundlePyfunc(mlflow.pyfunc.PythonModel):
+    """Lets `mlflow models serve` and `mlflow.pyfunc.load_model` use a ModelBundle too."""
+
+    def load_context(self, context) -> None:
+        self.bundle = ModelBundle.load(context.artifacts[BUNDLE_ARTIFACT])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None):
+        return self.bundle.predict(model_input)["predictions"]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A registered model version."""
+
+    name: str
+    version: str
+    run_id: str | None
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def git_sha(cwd: str | Path | None = None) -> str:
+    """The commit of the code that ran, or `unknown` outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """`models:/name@alias` or `models:/name/version` to (name, alias, version)."""
+    if not uri.startswith("models:/"):
+        raise ValueError(f"expected models:/<name>@<alias> or models:/<name>/<version>, got {uri!r}")
+    rest = uri[len("models:/"):]
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, alias, None
+    name, _, version = rest.rpartition("/")
+    if not name or not version.isdigit():
+        raise ValueError(f"expected models:/<name>@<alias> or models:/<name>/<version>, got {uri!r}")
+    return name, None, version
+
+
+class ModelRegistry:
+    """One MLflow tracking store and model registry (SQLite by default)."""
+
+    def __init__(self, tracking_uri: str, artifact_root: str | None = None):
+        self.tracking_uri = tracking_uri
+        self.artifact_root = artifact_root
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    def _use_store(self) -> None:
+        # MLflow's fluent API (log_model, download of models:/ URIs) reads the process-wide store URIs.
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+
+    def experiment_id(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = f"{self.artifact_root}/{name}" if self.artifact_root else None
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def start_run(self, experiment: str, run_name: str, params: dict, tags: dict) -> str:
+        """Open a run; training logs epochs into it and `finish_run` closes it."""
+        run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags)
+        for key, value in params.items():
+            self.client.log_param(run.info.run_id, key, value)
+        return run.info.run_id
+
+    def finish_run(self, run_id: str, metrics: dict[str, float], status: str = "FINISHED") -> None:
+        for key, value in metrics.items():
+            self.client.log_metric(run_id, key, float(value))
+        self.client.set_terminated(run_id, status=status)
+
+    def log_bundle(self, run_id: str, bundle: ModelBundle, model_name: str, example: pd.DataFrame) -> ModelRef:
+        """Log the bundle as an MLflow pyfunc model with a signature, and register a new version."""
+        self._use_store()
+        signature = mlflow.models.infer_signature(example, pd.Series(bundle.predict(example)["predictions"]))
+        with tempfile.TemporaryDirectory() as folder, mlflow.start_run(run_id=run_id):
+            bundle.save(Path(folder) / BUNDLE_ARTIFACT)
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=BundlePyfunc(),
+                artifacts={BUNDLE_ARTIFACT: str(Path(folder) / BUNDLE_ARTIFACT)},
+                signature=signature,
+                pip_requirements=["ray-app"],
+                registered_model_name=model_name,
+            )
+        return ModelRef(model_name, str(info.registered_model_version), run_id)
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, version)
+
+    def resolve(self, uri: str) -> ModelRef:
+        """The version a `models:/` URI points at now."""
+        name, alias, version = parse_model_uri(uri)
+        found = (self.client.get_model_version_by_alias(name, alias) if alias
+                 else self.client.get_model_version(name, version))
+        return ModelRef(name, str(found.version), found.run_id)
+
+    def latest_version(self, name: str) -> ModelRef:
+        versions = self.client.search_model_versions(f"name='{name}'")
+        if not versions:
+            raise LookupError(f"no registered versions of model {name!r}")
+        newest = max(versions, key=lambda v: int(v.version))
+        return ModelRef(name, str(newest.version), newest.run_id)
+
+    def load_bundle(self, uri: str) -> tuple[ModelBundle, ModelRef]:
+        """Download a registered model and load its ModelBundle."""
+        ref = self.resolve(uri)
+        self._use_store()
+        with tempfile.TemporaryDirectory() as folder:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=folder,
+                                                        tracking_uri=self.tracking_uri)
+            return ModelBundle.load(Path(local) / "artifacts" / BUNDLE_ARTIFACT), ref

@@ -1,0 +1,42 @@
+"""Application builders named by `import_path` in `serve_configs/*.yaml` (args arrive as strings)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray.serve import Application
+
+from ray_app.config import RuntimePaths, ServeSettings
+from ray_app.serve.variant import ModelVariant, RegistryLoader
+
+
+class VariantArgs(BaseModel):
+    """Builder arguments of one model variant; pydantic turns the CLI's strings into typed values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_uri: str
+    tracking_uri: str | None = None
+    variant: str = "default"
+    num_replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(0.5, gt=0)
+    batching: bool = True
+    max_rows: int = Field(1000, ge=1)
+    max_batch_size: int = Field(32, ge=1)
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+
+    def settings(self) -> ServeSettings:
+        return ServeSettings(max_rows=self.max_rows, max_batch_size=self.max_batch_size,
+                             batch_wait_timeout_s=self.batch_wait_timeout_s)
+
+
+def variant_app(args: VariantArgs, loader=None) -> Application:
+    """Bind one ModelVariant; without a loader it reads the MLflow registry."""
+    loader = loader or RegistryLoader(args.tracking_uri or RuntimePaths.resolve().tracking_uri)
+    deployment = ModelVariant.options(name=f"variant-{args.variant}", num_replicas=args.num_replicas,
+                                      ray_actor_options={"num_cpus": args.num_cpus})
+    return deployment.bind(args.model_uri, loader, args.settings(), args.variant, args.batching)
+
+
+def build_single(args: dict) -> Application:
+    """`import_path: ray_app.serve.app:build_single`: one model behind one route."""
+    return variant_app(VariantArgs.model_validate(args))
