@@ -1,0 +1,101 @@
+"""Shared fixtures: one real Ray cluster (`ray start --head` on 127.0.0.1) and one trained model per session."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+# Ray 2.60 clusters started by `ray start` require a token (~/.ray/auth_token); Ray reads this at import.
+os.environ["RAY_AUTH_MODE"] = "token"
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SERVE_PORT = 8000  # serve_configs/*.yaml bind 127.0.0.1:8000, and a cluster has one HTTP port
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_home(tmp_path_factory) -> Path:
+    """RAY_APP_HOME for the whole session: MLflow store, data and Ray Train storage live here."""
+    home = tmp_path_factory.mktemp("ray_app_home")
+    os.environ["RAY_APP_HOME"] = str(home)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.pop("RAY_APP_STORAGE", None)
+    return home
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(app_home):
+    """A head node with the dashboard (Jobs API, `serve deploy`) on loopback; the test process joins it."""
+    import ray
+
+    port, dashboard_port = free_port(), free_port()
+    env = dict(os.environ)
+    subprocess.run(
+        [str(BIN / "ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=4",
+         "--object-store-memory=400000000", "--disable-usage-stats"],
+        check=True, env=env, timeout=180, capture_output=True,
+    )
+    os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+    ray.init(address=os.environ["RAY_ADDRESS"], logging_level="WARNING", log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield {"address": os.environ["RAY_ADDRESS"], "dashboard": f"http://127.0.0.1:{dashboard_port}", "env": env}
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+        os.environ.pop("RAY_ADDRESS", None)
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, timeout=120, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def paths(ray_cluster):
+    from ray_app.config import RuntimePaths
+
+    return RuntimePaths.resolve().ensure()
+
+
+def small_config(**sections):
+    """A config that trains in well under a minute on two cores."""
+    from ray_app.config import ExperimentConfig
+
+    base = ExperimentConfig(name="test").with_overrides(
+        data={"synthetic": {"rows": 2000, "drift": 0.0}},
+        train={"num_workers": 2, "epochs": 6, "batch_size": 32, "lr": 0.005, "cpus_per_worker": 1},
+    )
+    return base.with_overrides(**sections) if sections else base
+
+
+@pytest.fixture(scope="session")
+def champion(paths):
+    """A 2-worker training run, registered and aliased `champion` (the name serve_configs/single.yaml uses)."""
+    from ray_app.pipeline import run_training
+    from ray_app.registry import ModelRegistry
+
+    report = run_training(small_config(), paths, run_name="champion-run")
+    ModelRegistry(paths.tracking_uri).set_alias(report.model.name, "champion", report.model.version)
+    return report
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
