@@ -41,6 +41,8 @@ def ray_cluster(app_home):
     import ray
 
     port, dashboard_port = free_port(), free_port()
+    # Jobs run `ray-app` from the cluster's PATH: put this venv's bin first.
+    os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
     env = dict(os.environ)
     subprocess.run(
         [str(BIN / "ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",

@@ -31,6 +31,14 @@ class RegistryLoader:
         return ModelRegistry(self.tracking_uri).load_bundle(model_uri)
 
 
+class BundleDirLoader:
+    """Loads a bundle folder written by `ModelBundle.save`, with no registry involved (tests, air-gapped use)."""
+
+    def __call__(self, model_uri: str) -> tuple[ModelBundle, ModelRef]:
+        folder = model_uri.removeprefix("file://")
+        return ModelBundle.load(folder), ModelRef(name=folder, version="local", run_id=None)
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
 class ModelVariant:
     """Answers `POST /predict` with `{"instances": [...]}`; `GET /schema` and `GET /healthz` describe it."""

@@ -95,10 +95,12 @@ class _MlflowEpochLogger:
 
 def train_loop_per_worker(config: dict) -> None:
     """Train the MLP on this worker's shard; restore from the last checkpoint if Ray Train hands one."""
+    import ray.data
     import ray.train
     import ray.train.torch
 
     settings = LoopSettings.model_validate(config)
+    ray.data.DataContext.get_current().enable_progress_bars = False
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
     torch.manual_seed(settings.seed)
