@@ -8,13 +8,14 @@ import logging
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable
 
 import yaml
 
 from ray_app.config import ConfigError, ExperimentConfig, RuntimePaths
 
-EXIT_OK, EXIT_ERROR = 0, 2
+EXIT_OK, EXIT_REJECTED, EXIT_ERROR = 0, 1, 2  # gates: 0 passed/promoted, 1 rejected, 2 error
 DEMO_PORT = 8000
 
 
@@ -100,6 +101,67 @@ def cmd_predict(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
     return EXIT_OK
 
 
+def cmd_validate(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
+    from ray_app.pipeline import run_data_gate
+
+    report = run_data_gate(cfg, paths, args.data)
+    print(report.render())
+    return EXIT_OK if report.passed else EXIT_REJECTED
+
+
+def cmd_gate(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
+    from ray_app.pipeline import gate_and_promote, run_gate
+
+    if args.no_promote:
+        report, _ = run_gate(cfg, paths, args.challenger)
+        print(report.render())
+        return EXIT_OK if report.passed else EXIT_REJECTED
+    report, code = gate_and_promote(cfg, paths, args.challenger)
+    print(report.render())
+    print(f"audit: {paths.audit_log}")
+    return code
+
+
+def cmd_pipeline(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
+    from ray_app.pipeline import run_pipeline
+
+    connect_ray(paths)
+    return run_pipeline(cfg, paths)
+
+
+def cmd_rollback(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
+    from ray_app.registry import ModelRegistry
+
+    registry = ModelRegistry(paths.tracking_uri)
+    name = args.model_name or cfg.registry.model_name
+    demoted, restored = registry.rollback(name)
+    registry.record_audit(name, restored, {"action": "rollback", "actor": paths.actor, "decision": True,
+                                           "reason": args.reason, "demoted": demoted}, paths.audit_log)
+    _print({"model": name, "champion": restored, "demoted": demoted, "audit": str(paths.audit_log)})
+    return EXIT_OK
+
+
+def cmd_export(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
+    from ray_app.data.preprocess import holdout_frame
+    from ray_app.package import export_model, parity_error
+    from ray_app.registry import ModelRegistry
+
+    registry = ModelRegistry(paths.tracking_uri)
+    bundle, ref = registry.load_bundle(args.model_uri)
+    target = export_model(bundle, args.output, args.format)
+    holdout, _ = holdout_frame(cfg.data, paths.data_dir)
+    error = parity_error(bundle, target, args.format, holdout)
+    if error > cfg.gate.parity_tolerance:
+        print(f"error: {args.format} export differs from the model by {error:.2e} "
+              f"(tolerance {cfg.gate.parity_tolerance:.0e})", file=sys.stderr)
+        return EXIT_REJECTED
+    if ref.run_id:
+        registry.client.log_artifacts(ref.run_id, args.output, artifact_path=f"exports/v{ref.version}/{args.format}")
+        registry.client.set_model_version_tag(ref.name, ref.version, f"export.{args.format}", f"parity {error:.2e}")
+    _print({"model": ref.uri, "format": args.format, "file": str(target), "parity_max_abs_diff": error})
+    return EXIT_OK
+
+
 def start_serving(model_uri: str, paths: RuntimePaths, port: int, batching: bool = True) -> str:
     """Run one model variant on Serve at http://127.0.0.1:<port>/ and return the predict URL."""
     from ray import serve
@@ -128,16 +190,15 @@ def cmd_serve(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
 def cmd_demo(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
     import httpx
 
-    from ray_app.pipeline import run_training
-    from ray_app.registry import ModelRegistry
+    from ray_app.pipeline import run_pipeline
 
     connect_ray(paths)
-    print(f"[demo] training {cfg.name!r} on {cfg.data.source!r} with {cfg.train.num_workers} Ray Train workers")
-    report = run_training(cfg, paths)
-    ModelRegistry(paths.tracking_uri).set_alias(report.model.name, "champion", report.model.version)
-    champion = f"models:/{report.model.name}@champion"
-    print(f"[demo] registered {report.model.uri} as {champion}; holdout {report.holdout} "
-          f"vs baseline {report.baseline}")
+    print(f"[demo] pipeline {cfg.name!r} on {cfg.data.source!r}: data gate, {cfg.train.num_workers}-worker Ray Train, "
+          "model gate, promotion")
+    code = run_pipeline(cfg, paths, log=lambda text: print("[demo] " + text.replace("\n", "\n[demo] ")))
+    if code == EXIT_REJECTED:
+        print("[demo] the new model was not promoted; serving the current champion")
+    champion = f"models:/{cfg.registry.model_name}@champion"
     url = start_serving(champion, paths, args.port)
     schema = httpx.get(url.rsplit("/", 1)[0] + "/schema", timeout=30).json()["schema"]
     sample = {name: 0.0 for name in schema["numeric"]}
@@ -145,7 +206,7 @@ def cmd_demo(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
     response = httpx.post(url, json={"instances": [sample]}, timeout=30)
     print(f"[demo] POST {url} {json.dumps({'instances': [sample]})}")
     print(f"[demo] -> {response.status_code} {response.text}")
-    _print_mlflow_hint(paths, report.mlflow_run_id)
+    _print_mlflow_hint(paths)
     if args.keep_serving:
         print(f"[demo] still serving at {url}; Ctrl-C stops")
         try:
@@ -156,8 +217,9 @@ def cmd_demo(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
     return EXIT_OK if response.status_code == 200 else EXIT_ERROR
 
 
-def _print_mlflow_hint(paths: RuntimePaths, run_id: str) -> None:
-    print(f"[mlflow] run {run_id} in {paths.tracking_uri} (artifacts under {paths.home / 'mlartifacts'})")
+def _print_mlflow_hint(paths: RuntimePaths, run_id: str | None = None) -> None:
+    what = f"run {run_id}" if run_id else "runs, models and audit tags"
+    print(f"[mlflow] {what} in {paths.tracking_uri} (artifacts under {paths.home / 'mlartifacts'})")
     print(f"[mlflow] browse it: mlflow ui --backend-store-uri {paths.tracking_uri} --host 127.0.0.1 --port 5000")
 
 
@@ -191,6 +253,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=DEMO_PORT)
     p.add_argument("--no-batching", action="store_true", help="predict each request alone (no @serve.batch)")
     p.add_argument("--detach", action="store_true", help="return once deployed (needs a running cluster)")
+    p = stage("validate", cmd_validate, "data gate: check a dataset against the spec and the champion's profile")
+    p.add_argument("--data", help="Parquet/CSV file, folder or URI (default: the spec's data source)")
+    p = stage("gate", cmd_gate, "model gate: challenger vs champion on the holdout; promote if better (exit 0/1/2)")
+    p.add_argument("--challenger", required=True, help="e.g. models:/ray-app-model@challenger")
+    p.add_argument("--no-promote", action="store_true", help="report only; move no alias, write no audit")
+    stage("pipeline", cmd_pipeline, "validate -> train -> gate -> promote; exits at the first failed gate")
+    p = stage("rollback", cmd_rollback, "move champion back to the previous version, with an audit record")
+    p.add_argument("--model-name", help="registered model name (default: the spec's registry.model_name)")
+    p.add_argument("--reason", default="manual rollback", help="why, for the audit log")
+    p = stage("export", cmd_export, "export a model to ONNX or TorchScript with its preprocessor; parity-checked")
+    p.add_argument("--model-uri", required=True)
+    p.add_argument("--format", choices=["onnx", "torchscript"], required=True)
+    p.add_argument("--output", required=True, help="folder to write the bundle and the exported model into")
     p = stage("demo", cmd_demo, "built-in data to a served model: ingest, train, register champion, serve")
     p.add_argument("--port", type=int, default=DEMO_PORT)
     p.add_argument("--keep-serving", action="store_true", help="keep the endpoint up until Ctrl-C")
@@ -209,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args, cfg, paths)
     except (ConfigError, DataSourceError, LookupError, FileNotFoundError, MlflowException) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception:  # an error is exit 2, never 1 (which means "rejected by a gate")
+        traceback.print_exc()
         return EXIT_ERROR
 
 

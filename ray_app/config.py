@@ -72,6 +72,59 @@ class RegistryConfig(_Strict):
     model_name: str = "ray-app-model"
 
 
+class DataGateConfig(_Strict):
+    """Rules of the data gate; the champion's reference profile adds ranges and categories."""
+
+    min_rows: int = Field(50, ge=1)
+    max_null_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    min_class_fraction: float = Field(0.02, ge=0.0, lt=1.0)
+    range_slack: float = Field(0.25, ge=0.0, description="widen the reference [min, max] by this share of its span")
+    ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)
+
+
+class InvarianceCheck(_Strict):
+    """Replacing `feature` (a category cycled, or a number shifted by `shift` std) should rarely flip a prediction."""
+
+    feature: str
+    shift: float = 0.0
+    max_changed: float = Field(0.1, ge=0.0, le=1.0)
+
+
+class MonotonicCheck(_Strict):
+    """Raising `feature` by `delta` (in std units) must move the score in `direction` for almost every row."""
+
+    feature: str
+    direction: Literal["increasing", "decreasing"]
+    delta: float = Field(0.5, gt=0)
+    tolerance: float = Field(0.05, ge=0.0, le=1.0)
+
+
+class SliceFloor(_Strict):
+    """The metric on rows where `feature == value` must be at least `min`."""
+
+    feature: str
+    value: str | float
+    metric: str
+    min: float
+
+
+class GateConfig(_Strict):
+    """Thresholds of the model gate: noise-aware comparison, floors, latency, size and behaviour."""
+
+    metric: str | None = None  # default: the task's primary metric (roc_auc or rmse)
+    alpha: float = Field(0.05, gt=0.0, lt=0.5)
+    min_improvement: float = Field(0.0, ge=0.0)
+    bootstrap_samples: int = Field(1000, ge=100)
+    floors: dict[str, float] = Field(default_factory=dict)
+    max_latency_p99_ms: float = Field(100.0, gt=0)
+    max_size_mb: float = Field(100.0, gt=0)
+    parity_tolerance: float = Field(1e-4, gt=0)
+    invariance: list[InvarianceCheck] = Field(default_factory=list)
+    monotonic: list[MonotonicCheck] = Field(default_factory=list)
+    slices: list[SliceFloor] = Field(default_factory=list)
+    data: DataGateConfig = DataGateConfig()
+
+
 class ServeSettings(_Strict):
     """Limits and batching of a model variant."""
 
@@ -89,6 +142,7 @@ class ExperimentConfig(_Strict):
     train: TrainConfig = TrainConfig()
     registry: RegistryConfig = RegistryConfig()
     serve: ServeSettings = ServeSettings()
+    gate: GateConfig = GateConfig()
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ExperimentConfig:
@@ -135,6 +189,7 @@ class RuntimePaths(_Strict):
     tracking_uri: str
     storage_path: str
     ray_address: str | None = None
+    actor: str = "unknown"
 
     @property
     def data_dir(self) -> Path:
@@ -146,7 +201,10 @@ class RuntimePaths(_Strict):
 
     @classmethod
     def resolve(cls, environ: dict[str, str] | None = None) -> RuntimePaths:
-        """Read `RAY_APP_HOME`, `MLFLOW_TRACKING_URI`, `RAY_APP_STORAGE` and `RAY_ADDRESS`."""
+        """Read `RAY_APP_HOME`, `MLFLOW_TRACKING_URI`, `RAY_APP_STORAGE`, `RAY_ADDRESS` and who is acting.
+
+        The actor recorded in audit logs is `RAY_APP_ACTOR`, else the CI's `GITHUB_ACTOR`, else `USER`.
+        """
         env = os.environ if environ is None else environ
         home = Path(env.get("RAY_APP_HOME", Path.home() / ".ray_app")).expanduser().resolve()
         return cls(
@@ -154,6 +212,7 @@ class RuntimePaths(_Strict):
             tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}"),
             storage_path=env.get("RAY_APP_STORAGE", str(home / "ray_results")),
             ray_address=env.get("RAY_ADDRESS") or None,
+            actor=env.get("RAY_APP_ACTOR") or env.get("GITHUB_ACTOR") or env.get("USER") or "unknown",
         )
 
     def ensure(self) -> RuntimePaths:

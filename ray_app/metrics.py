@@ -42,3 +42,14 @@ def baseline_metrics(task: str, y_train: np.ndarray, y_true: np.ndarray, num_cla
     proba = np.zeros((len(y_true), num_classes))
     proba[:, int(values[counts.argmax()])] = 1.0
     return classification_metrics(y_true, proba)
+
+
+def metric_value(name: str, y_true: np.ndarray, output: np.ndarray) -> float:
+    """One named metric; `output` is class probabilities (classification) or predictions (regression)."""
+    if name in ("rmse", "mae"):
+        return regression_metrics(y_true, output)[name]
+    if name == "accuracy":
+        return float(np.mean(output.argmax(axis=1) == y_true))
+    if name in ("f1", "roc_auc"):
+        return classification_metrics(y_true, output)[name]
+    raise ValueError(f"unknown metric {name!r}: choose one of {', '.join(HIGHER_IS_BETTER)}")

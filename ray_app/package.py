@@ -68,7 +68,8 @@ class ModelBundle:
 
     def encode(self, rows: pd.DataFrame) -> np.ndarray:
         """Raw feature rows to the float32 matrix the network reads, exactly as in training."""
-        transformed = self.preprocessor.transform_batch(rows[self.schema.features].copy())
+        # Ray's preprocessors realign on a 0-based index: any other index silently yields NaN features.
+        transformed = self.preprocessor.transform_batch(rows[self.schema.features].reset_index(drop=True))
         return np.stack(transformed[FEATURES_COLUMN].to_numpy()).astype(np.float32, copy=False)
 
     @torch.no_grad()
@@ -124,3 +125,40 @@ class ModelBundle:
             dataset_version=meta["dataset_version"],
             reference_profile=reference.read_bytes() if reference.exists() else None,
         )
+
+
+EXPORT_FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
+
+
+def export_model(bundle: ModelBundle, folder: str | Path, fmt: str) -> Path:
+    """Write the bundle (preprocessor, schema, label map) plus the network compiled to TorchScript or ONNX."""
+    if fmt not in EXPORT_FILES:
+        raise ValueError(f"unknown export format {fmt!r}: choose one of {', '.join(EXPORT_FILES)}")
+    folder = bundle.save(folder)
+    target = folder / EXPORT_FILES[fmt]
+    example = torch.zeros(2, bundle.mlp.in_features)
+    if fmt == "torchscript":
+        torch.jit.trace(bundle.model, example).save(str(target))
+    else:
+        torch.onnx.export(bundle.model, (example,), str(target), input_names=["features"], output_names=["output"],
+                          dynamic_axes={"features": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
+    return target
+
+
+def run_exported(path: str | Path, fmt: str, features: np.ndarray) -> np.ndarray:
+    """The exported network's raw outputs for an encoded feature matrix."""
+    if fmt == "torchscript":
+        with torch.no_grad():
+            return torch.jit.load(str(path)).eval()(torch.from_numpy(features)).numpy()
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"features": features})[0]
+
+
+@torch.no_grad()
+def parity_error(bundle: ModelBundle, path: str | Path, fmt: str, rows: pd.DataFrame) -> float:
+    """Largest absolute difference between the exported network and the bundle's own on these rows."""
+    features = bundle.encode(rows)
+    expected = bundle.model(torch.from_numpy(features)).numpy()
+    return float(np.max(np.abs(run_exported(path, fmt, features) - expected)))

@@ -9,7 +9,10 @@ import numpy as np
 import pandas as pd
 
 from ray_app.config import ExperimentConfig, RuntimePaths
-from ray_app.data.preprocess import PreparedData, prepare
+from ray_app.data.preprocess import PreparedData, holdout_frame, prepare
+from ray_app.data.sources import FeatureSpec, infer_spec, read_frame, resolve_files, source_files
+from ray_app.data.validate import DataReport, Reference, Violation, validate_frame
+from ray_app.gate import EXIT_PROMOTED, EXIT_REJECTED, GateReport, evaluate_gate, promote_if_better
 from ray_app.metrics import baseline_metrics, classification_metrics, regression_metrics
 from ray_app.monitor.profiles import profile_frame
 from ray_app.package import FeatureSchema, ModelBundle
@@ -86,3 +89,63 @@ def run_training(cfg: ExperimentConfig, paths: RuntimePaths, run_name: str | Non
         registry.finish_run(run_id, {}, status="FAILED")
         raise
     return TrainingReport(ref, run_id, data.version.id, scores, baseline, outcome.metrics)
+
+
+def champion_bundle(registry: ModelRegistry, model_name: str) -> tuple[ModelBundle | None, ModelRef | None]:
+    """The current champion, or (None, None) before the first promotion."""
+    if registry.alias_version(model_name, "champion") is None:
+        return None, None
+    return registry.load_bundle(f"models:/{model_name}@champion")
+
+
+def run_data_gate(cfg: ExperimentConfig, paths: RuntimePaths, source: str | None = None) -> DataReport:
+    """Validate a dataset (default: the spec's own source) against the spec and the champion's reference."""
+    files = resolve_files(source) if source else source_files(cfg.data, paths.data_dir)
+    frame = read_frame(files)
+    label = cfg.data.label or "label"
+    if label not in frame:
+        return DataReport(source or cfg.data.source, len(frame), [Violation(label, "missing column", "absent",
+                                                                            "present (the label)")])
+    spec = infer_spec(cfg.data, {col: str(dtype) for col, dtype in frame.dtypes.items()})
+    bundle, _ = champion_bundle(ModelRegistry(paths.tracking_uri), cfg.registry.model_name)
+    reference = None
+    if bundle is not None:
+        reference = Reference.from_profile(bundle.schema.numeric, bundle.schema.categorical, bundle.reference_profile)
+        spec = FeatureSpec(label=bundle.schema.label, numeric=bundle.schema.numeric,
+                           categorical=list(bundle.schema.categorical), task=bundle.schema.task)
+    return validate_frame(frame, spec, cfg.gate.data, reference, source=source or cfg.data.source)
+
+
+def run_gate(cfg: ExperimentConfig, paths: RuntimePaths, challenger_uri: str) -> tuple[GateReport, ModelRef]:
+    """Evaluate a challenger against the champion on the spec's holdout."""
+    registry = ModelRegistry(paths.tracking_uri)
+    challenger, ref = registry.load_bundle(challenger_uri)
+    champion, champion_ref = champion_bundle(registry, ref.name)
+    holdout, holdout_version = holdout_frame(cfg.data, paths.data_dir)
+    if champion_ref is not None and champion_ref.version == ref.version:
+        raise ValueError(f"{ref.uri} is already the champion")
+    report = evaluate_gate(challenger, champion, holdout, cfg.gate,
+                           (ref.uri, champion_ref.uri if champion_ref else None), holdout_version)
+    return report, ref
+
+
+def gate_and_promote(cfg: ExperimentConfig, paths: RuntimePaths, challenger_uri: str) -> tuple[GateReport, int]:
+    """The model gate, then promotion or rejection with its audit record; returns the exit code."""
+    report, ref = run_gate(cfg, paths, challenger_uri)
+    registry = ModelRegistry(paths.tracking_uri)
+    promoted = promote_if_better(registry, report, ref.name, ref.version, paths.audit_log, paths.actor)
+    return report, EXIT_PROMOTED if promoted else EXIT_REJECTED
+
+
+def run_pipeline(cfg: ExperimentConfig, paths: RuntimePaths, log=print) -> int:
+    """validate → train → gate → promote, stopping at the first failed gate with its exit code."""
+    data_report = run_data_gate(cfg, paths)
+    log(data_report.render())
+    if not data_report.passed:
+        return EXIT_REJECTED
+    report = run_training(cfg, paths)
+    ModelRegistry(paths.tracking_uri).set_alias(report.model.name, "challenger", report.model.version)
+    log(f"trained {report.model.uri} (challenger): holdout {report.holdout}")
+    gate_report, code = gate_and_promote(cfg, paths, report.model.uri)
+    log(gate_report.render())
+    return code

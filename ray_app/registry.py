@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ray_app.package import ModelBundle
@@ -136,3 +139,49 @@ class ModelRegistry:
             local = mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=folder,
                                                         tracking_uri=self.tracking_uri)
             return ModelBundle.load(Path(local) / "artifacts" / BUNDLE_ARTIFACT), ref
+
+    def alias_version(self, name: str, alias: str) -> str | None:
+        """The version an alias points at, or None when the alias (or the model) does not exist."""
+        try:
+            return str(self.client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            return None
+
+    def promote(self, name: str, version: str) -> str | None:
+        """`champion` moves to `version`; the old champion keeps `previous` for rollback. Returns the old one."""
+        previous = self.alias_version(name, "champion")
+        if previous is not None and previous != version:
+            self.client.set_registered_model_alias(name, "previous", previous)
+        self.client.set_registered_model_alias(name, "champion", version)
+        if self.alias_version(name, "challenger") == version:
+            self.client.delete_registered_model_alias(name, "challenger")
+        return previous
+
+    def rollback(self, name: str) -> tuple[str, str]:
+        """`champion` goes back to `previous`; returns (demoted version, restored version)."""
+        current, previous = self.alias_version(name, "champion"), self.alias_version(name, "previous")
+        if current is None or previous is None:
+            raise LookupError(f"model {name!r} has no champion and previous aliases to roll back between")
+        self.client.set_registered_model_alias(name, "champion", previous)
+        self.client.delete_registered_model_alias(name, "previous")
+        return current, previous
+
+    def record_audit(self, name: str, version: str, record: dict, log_path: Path) -> dict:
+        """Append the record to the JSONL audit log and tag it on the model version and the model."""
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "model": name, "version": version,
+                  **record}
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("a") as fh:
+            fh.write(json.dumps(record, default=str) + "\n")
+        payload = json.dumps(record, default=str)[:5000]
+        self.client.set_model_version_tag(name, version, f"audit.{record['action']}.{int(time.time() * 1000)}",
+                                          payload)
+        self.client.set_registered_model_tag(name, "audit.last", payload)
+        return record
+
+
+def read_audit(log_path: Path) -> list[dict]:
+    """Every record of the append-only audit log, oldest first."""
+    if not log_path.exists():
+        return []
+    return [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]

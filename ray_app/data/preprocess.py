@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,7 +10,15 @@ import numpy as np
 import pandas as pd
 
 from ray_app.config import DataConfig
-from ray_app.data.sources import DatasetVersion, FeatureSpec, fingerprint, infer_spec, read_dataset, source_files
+from ray_app.data.sources import (
+    DatasetVersion,
+    FeatureSpec,
+    fingerprint,
+    infer_spec,
+    read_dataset,
+    read_frame,
+    source_files,
+)
 
 SPLITS = ("train", "val", "holdout")
 FEATURES_COLUMN = "features"
@@ -81,7 +90,7 @@ class TargetEncoding:
 
 def to_model_inputs(batch: pd.DataFrame, preprocessor, spec: FeatureSpec, target: TargetEncoding) -> pd.DataFrame:
     """Turn raw rows into the two columns the training loop reads: feature vector and target."""
-    transformed = preprocessor.transform_batch(batch[spec.features].copy())
+    transformed = preprocessor.transform_batch(batch[spec.features].reset_index(drop=True))
     out = pd.DataFrame({FEATURES_COLUMN: list(np.stack(transformed[FEATURES_COLUMN].to_numpy()))})
     out[TARGET_COLUMN] = target.encode(batch[spec.label].reset_index(drop=True))
     return out
@@ -131,3 +140,13 @@ def prepare(cfg: DataConfig, data_dir) -> PreparedData:
         for name in ("train", "val")
     }
     return PreparedData(spec, version, preprocessor, target, raw, model_inputs)
+
+
+def holdout_frame(cfg: DataConfig, data_dir) -> tuple[pd.DataFrame, str]:
+    """The raw holdout rows of a data config, and a version id for exactly those rows (data + split)."""
+    files = source_files(cfg, data_dir)
+    version = fingerprint(files)
+    frame = read_frame(files)
+    keep = assign_splits(frame, cfg.seed, cfg.val_fraction, cfg.holdout_fraction) == "holdout"
+    key = f"{version.id}:{cfg.seed}:{cfg.val_fraction}:{cfg.holdout_fraction}:holdout"
+    return frame.loc[keep].reset_index(drop=True), hashlib.sha256(key.encode()).hexdigest()[:16]

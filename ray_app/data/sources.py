@@ -9,6 +9,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
@@ -159,6 +160,12 @@ def fingerprint(files: list[str]) -> DatasetVersion:
     columns = _read_schema(sorted(files)[0])
     digest.update(json.dumps(columns, sort_keys=True).encode())
     return DatasetVersion(id=digest.hexdigest()[:16], files=sorted(files), columns=columns, num_rows=num_rows)
+
+
+def read_frame(files: list[str]) -> pd.DataFrame:
+    """Read Parquet or CSV files into one pandas DataFrame, without Ray (gates look at every row)."""
+    fmt = "parquet" if files[0].endswith(".parquet") else "csv"
+    return pads.dataset(files, format=fmt).to_table().to_pandas()
 
 
 def read_dataset(files: list[str]):

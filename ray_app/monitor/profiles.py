@@ -41,3 +41,24 @@ def profile_summary(data: bytes) -> dict[str, dict[str, Any]]:
     summary = view.to_pandas()
     return {str(col): {k: v for k, v in row.items() if np.isscalar(v) and pd.notna(v)}
             for col, row in summary.iterrows()}
+
+
+def column_stats(data: bytes) -> dict[str, dict[str, Any]]:
+    """Per column of a serialized profile: rows, nulls (None or NaN), min, max, and the categories seen.
+
+    Categories come from whylogs' frequent-items sketch, exact for the few hundred distinct values that a
+    categorical feature has.
+    """
+    view = load_profile(data)
+    stats: dict[str, dict[str, Any]] = {}
+    for name, column in view.get_columns().items():
+        summary = column.to_summary_dict()
+        entry: dict[str, Any] = {"n": int(summary.get("counts/n", 0)), "null": int(summary.get("counts/null", 0)),
+                                 "strings": int(summary.get("types/string", 0))}
+        if summary.get("distribution/n"):
+            entry["min"], entry["max"] = float(summary["distribution/min"]), float(summary["distribution/max"])
+        items = summary.get("frequent_items/frequent_strings") or []
+        if entry["strings"]:
+            entry["categories"] = sorted(str(item.value) for item in items)
+        stats[str(name)] = entry
+    return stats

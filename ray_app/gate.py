@@ -1,0 +1,207 @@
+"""The model gate: challenger against champion on one holdout, beyond noise, within latency, size and behaviour."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ray_app.config import GateConfig
+from ray_app.metrics import HIGHER_IS_BETTER, PRIMARY_METRIC, metric_value
+from ray_app.package import EXPORT_FILES, ModelBundle, export_model, parity_error
+
+EXIT_PROMOTED, EXIT_REJECTED, EXIT_ERROR = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Check:
+    """One gate rule and how the challenger fared."""
+
+    name: str
+    passed: bool
+    observed: str
+    threshold: str
+
+
+@dataclass
+class GateReport:
+    """Every check, the figures behind them, and the decision."""
+
+    challenger: str
+    champion: str | None
+    holdout_version: str
+    metric: str
+    checks: list[Check] = field(default_factory=list)
+    figures: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    @property
+    def reason(self) -> str:
+        failed = [f"{c.name}: {c.observed} (needs {c.threshold})" for c in self.checks if not c.passed]
+        if failed:
+            return "; ".join(failed)
+        return f"better than {self.champion} beyond noise" if self.champion else "meets every floor (no champion)"
+
+    def render(self) -> str:
+        verdict = "PROMOTE" if self.passed else "REJECT"
+        lines = [f"model gate: {self.challenger} vs {self.champion or '(no champion)'} on holdout "
+                 f"{self.holdout_version}: {verdict}"]
+        width = max((len(c.name) for c in self.checks), default=10)
+        lines += [f"  {'ok ' if c.passed else 'NO '} {c.name.ljust(width)}  {c.observed:<36} {c.threshold}"
+                  for c in self.checks]
+        lines.append(f"  reason: {self.reason}")
+        return "\n".join(lines)
+
+
+@dataclass
+class Scored:
+    """A bundle's outputs on the holdout, in the form its metrics read."""
+
+    y: np.ndarray
+    output: np.ndarray
+
+
+def score(bundle: ModelBundle, frame: pd.DataFrame) -> Scored:
+    labels = frame[bundle.schema.label]
+    result = bundle.predict(frame)
+    if bundle.target.classes is None:
+        return Scored(labels.to_numpy(dtype=np.float64), np.asarray(result["predictions"], dtype=np.float64))
+    return Scored(bundle.target.encode(labels), np.asarray(result["probabilities"]))
+
+
+def paired_bootstrap(metric: str, a: Scored, b: Scored, samples: int, seed: int = 0) -> np.ndarray:
+    """Differences metric(a) - metric(b) over resamples of the same rows (paired: one index set for both)."""
+    rng = np.random.default_rng(seed)
+    n = len(a.y)
+    diffs = []
+    for _ in range(samples):
+        idx = rng.integers(0, n, n)
+        diffs.append(metric_value(metric, a.y[idx], a.output[idx]) - metric_value(metric, b.y[idx], b.output[idx]))
+    diffs = np.asarray(diffs)
+    return diffs[np.isfinite(diffs)]
+
+
+def latency_p99_ms(bundle: ModelBundle, frame: pd.DataFrame, calls: int = 200) -> float:
+    """p99 of single-row `predict` calls, preprocessing included, in milliseconds."""
+    rows = [frame.iloc[[i % len(frame)]] for i in range(calls)]
+    bundle.predict(rows[0])
+    timings = []
+    for row in rows:
+        start = time.perf_counter()
+        bundle.predict(row)
+        timings.append((time.perf_counter() - start) * 1000)
+    return float(np.percentile(timings, 99))
+
+
+def _score_of_interest(bundle: ModelBundle, frame: pd.DataFrame) -> np.ndarray:
+    result = bundle.predict(frame)
+    if bundle.target.classes is None:
+        return np.asarray(result["predictions"], dtype=np.float64)
+    return np.asarray(result["probabilities"])[:, -1]
+
+
+def _perturb(bundle: ModelBundle, frame: pd.DataFrame, feature: str, shift: float) -> pd.DataFrame:
+    changed = frame.copy()
+    if feature in bundle.schema.categorical:
+        values = bundle.schema.categorical[feature]
+        following = {v: values[(i + 1) % len(values)] for i, v in enumerate(values)}
+        changed[feature] = changed[feature].map(lambda v: following.get(v, v))
+    else:
+        changed[feature] = changed[feature] + shift * float(frame[feature].std() or 1.0)
+    return changed
+
+
+def behaviour_checks(bundle: ModelBundle, frame: pd.DataFrame, cfg: GateConfig) -> list[Check]:
+    """Invariance, monotonic direction and per-slice floors declared in the spec."""
+    checks = []
+    base = _score_of_interest(bundle, frame)
+    for rule in cfg.invariance:
+        moved = _score_of_interest(bundle, _perturb(bundle, frame, rule.feature, rule.shift))
+        if bundle.target.classes is None:
+            changed = np.abs(moved - base) > 0.25 * (np.std(base) or 1.0)
+        else:
+            labels = bundle.predict(frame)["predictions"]
+            changed = np.asarray(bundle.predict(_perturb(bundle, frame, rule.feature, rule.shift))["predictions"]) \
+                != np.asarray(labels)
+        checks.append(Check(f"invariance {rule.feature}", float(changed.mean()) <= rule.max_changed,
+                            f"{changed.mean():.3f} of predictions changed", f"<= {rule.max_changed}"))
+    for rule in cfg.monotonic:
+        moved = _score_of_interest(bundle, _perturb(bundle, frame, rule.feature, rule.delta))
+        wrong = (moved < base - 1e-6) if rule.direction == "increasing" else (moved > base + 1e-6)
+        checks.append(Check(f"monotonic {rule.feature}", float(wrong.mean()) <= rule.tolerance,
+                            f"{wrong.mean():.3f} of rows move against {rule.direction}", f"<= {rule.tolerance}"))
+    for rule in cfg.slices:
+        rows = frame[frame[rule.feature].astype(str) == str(rule.value)]
+        if rows.empty:
+            checks.append(Check(f"slice {rule.feature}={rule.value}", False, "no rows in holdout", "some rows"))
+            continue
+        scored = score(bundle, rows)
+        value = metric_value(rule.metric, scored.y, scored.output)
+        ok = value >= rule.min if HIGHER_IS_BETTER[rule.metric] else value <= rule.min
+        bound = ">=" if HIGHER_IS_BETTER[rule.metric] else "<="
+        checks.append(Check(f"slice {rule.feature}={rule.value} {rule.metric}", ok, f"{value:.4f} on {len(rows)} rows",
+                            f"{bound} {rule.min}"))
+    return checks
+
+
+def evaluate_gate(challenger: ModelBundle, champion: ModelBundle | None, holdout: pd.DataFrame, cfg: GateConfig,
+                  names: tuple[str, str | None], holdout_version: str) -> GateReport:
+    """Run every check of the model gate; the report decides, `promote_if_better` acts on it."""
+    metric = cfg.metric or PRIMARY_METRIC[challenger.schema.task]
+    higher = HIGHER_IS_BETTER[metric]
+    report = GateReport(names[0], names[1], holdout_version, metric)
+    scored = score(challenger, holdout)
+    value = metric_value(metric, scored.y, scored.output)
+    report.figures[f"challenger_{metric}"] = value
+
+    for name, floor in cfg.floors.items():
+        got = metric_value(name, scored.y, scored.output)
+        report.figures[f"challenger_{name}"] = got
+        bound = ">=" if HIGHER_IS_BETTER[name] else "<="
+        ok = got >= floor if HIGHER_IS_BETTER[name] else got <= floor
+        report.checks.append(Check(f"floor {name}", ok, f"{got:.4f}", f"{bound} {floor}"))
+    if champion is not None:
+        base = score(champion, holdout)
+        report.figures[f"champion_{metric}"] = metric_value(metric, base.y, base.output)
+        diffs = paired_bootstrap(metric, scored, base, cfg.bootstrap_samples)
+        gains = diffs if higher else -diffs
+        low, high = np.quantile(gains, [cfg.alpha / 2, 1 - cfg.alpha / 2])
+        report.figures.update(gain_mean=float(gains.mean()), gain_ci_low=float(low), gain_ci_high=float(high))
+        report.checks.append(Check(
+            f"better than champion ({metric})", bool(low > cfg.min_improvement),
+            f"gain {gains.mean():+.4f}, {100 * (1 - cfg.alpha):.0f}% CI [{low:+.4f}, {high:+.4f}]",
+            f"CI above {cfg.min_improvement:+.4f}"))
+
+    p99 = latency_p99_ms(challenger, holdout)
+    size_mb = challenger.size_bytes() / 1e6
+    report.figures.update(latency_p99_ms=p99, size_mb=size_mb)
+    report.checks.append(Check("latency p99 (1 row)", p99 <= cfg.max_latency_p99_ms, f"{p99:.2f} ms",
+                               f"<= {cfg.max_latency_p99_ms} ms"))
+    report.checks.append(Check("model size", size_mb <= cfg.max_size_mb, f"{size_mb:.3f} MB",
+                               f"<= {cfg.max_size_mb} MB"))
+    with tempfile.TemporaryDirectory() as folder:
+        for fmt in EXPORT_FILES:
+            error = parity_error(challenger, export_model(challenger, f"{folder}/{fmt}", fmt), fmt, holdout)
+            report.figures[f"parity_{fmt}"] = error
+            report.checks.append(Check(f"export parity {fmt}", error <= cfg.parity_tolerance, f"max |diff| {error:.2e}",
+                                       f"<= {cfg.parity_tolerance:.0e}"))
+    report.checks += behaviour_checks(challenger, holdout, cfg)
+    return report
+
+
+def promote_if_better(registry, report: GateReport, name: str, version: str, audit_log, actor: str) -> bool:
+    """Act on a gate report: move the aliases when it passed, and audit the decision either way."""
+    previous = registry.promote(name, version) if report.passed else registry.alias_version(name, "champion")
+    registry.record_audit(name, version, {
+        "action": "promote" if report.passed else "reject", "actor": actor, "decision": report.passed,
+        "reason": report.reason, "champion_before": previous, "holdout_version": report.holdout_version,
+        "metric": report.metric, "figures": report.figures,
+        "checks": [{"name": c.name, "passed": c.passed, "observed": c.observed} for c in report.checks],
+    }, audit_log)
+    return report.passed
