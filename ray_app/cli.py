@@ -90,6 +90,15 @@ def cmd_register(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
     return EXIT_OK
 
 
+def cmd_aliases(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
+    from ray_app.registry import ALIASES, ModelRegistry
+
+    registry = ModelRegistry(paths.tracking_uri)
+    name = args.model_name or cfg.registry.model_name
+    _print({"model": name, **{alias: registry.alias_version(name, alias) for alias in ALIASES}})
+    return EXIT_OK
+
+
 def cmd_predict(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
     from ray_app.serve.batch import score_files
     from ray_app.serve.variant import RegistryLoader
@@ -126,7 +135,9 @@ def cmd_pipeline(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
     from ray_app.pipeline import run_pipeline
 
     connect_ray(paths)
-    return run_pipeline(cfg, paths)
+    code = run_pipeline(cfg, paths)
+    print(f"pipeline: {'PROMOTED' if code == EXIT_OK else 'REJECTED'} (exit {code})")
+    return code
 
 
 def cmd_rollback(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
@@ -243,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", help="registered model name (default: the spec's registry.model_name)")
     p.add_argument("--version", help="model version (default: the newest)")
     p.add_argument("--alias", required=True, help="alias to set, e.g. champion or challenger")
+    p = stage("aliases", cmd_aliases, "show which versions champion, challenger and previous point at")
+    p.add_argument("--model-name", help="registered model name (default: the spec's registry.model_name)")
     p = stage("predict", cmd_predict, "score a Parquet/CSV file or folder with Ray Data")
     p.add_argument("--model-uri", required=True, help="models:/<name>@<alias> or models:/<name>/<version>")
     p.add_argument("--input", required=True, help="Parquet/CSV file, folder or URI")
