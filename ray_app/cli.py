@@ -35,8 +35,12 @@ def load_config(spec: str | None, overrides: list[str]) -> ExperimentConfig:
     return cfg.with_overrides(**sections) if sections else cfg
 
 
-def connect_ray(paths: RuntimePaths) -> None:
-    """Join the cluster in RAY_ADDRESS (as under `ray job submit`), or start a local one on 127.0.0.1."""
+def connect_ray(paths: RuntimePaths, dashboard: bool = False) -> None:
+    """Join the cluster in RAY_ADDRESS (as under `ray job submit`), or start a local one on 127.0.0.1.
+
+    Tuning needs the dashboard: it hosts the State API that releases the placement group of a trial that
+    ASHA stopped; without it the next trials wait forever.
+    """
     import ray
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)
@@ -45,8 +49,8 @@ def connect_ray(paths: RuntimePaths) -> None:
     if paths.ray_address:
         ray.init(address=paths.ray_address, logging_level=logging.WARNING)
     else:
-        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, logging_level=logging.WARNING,
-                 object_store_memory=512 * 1024**2, _node_ip_address="127.0.0.1")
+        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                 logging_level=logging.WARNING, object_store_memory=512 * 1024**2, _node_ip_address="127.0.0.1")
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
@@ -75,6 +79,18 @@ def cmd_train(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
         ModelRegistry(paths.tracking_uri).set_alias(report.model.name, args.alias, report.model.version)
     _print({"model_uri": report.model.uri, "alias": args.alias, "mlflow_run_id": report.mlflow_run_id,
             "dataset_version": report.dataset_version, "holdout": report.holdout, "baseline": report.baseline})
+    _print_mlflow_hint(paths, report.mlflow_run_id)
+    return EXIT_OK
+
+
+def cmd_tune(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
+    from ray_app.tune.search import run_tuning
+
+    connect_ray(paths, dashboard=True)
+    report = run_tuning(cfg, paths, name=args.name, resume=args.resume)
+    _print({"model_uri": report.model.uri, "alias": "challenger", "mlflow_run_id": report.mlflow_run_id,
+            "best_params": report.best_params, report.metric: report.best_metric, "trials": report.trials,
+            "trial_epochs": report.trial_epochs})
     _print_mlflow_hint(paths, report.mlflow_run_id)
     return EXIT_OK
 
@@ -250,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("train", cmd_train, "train with Ray Train, log to MLflow and register a model version")
     p.add_argument("--run-name", help="Ray Train run name; re-using one resumes from its checkpoints")
     p.add_argument("--alias", help="also point this alias (e.g. challenger) at the new version")
+    p = stage("tune", cmd_tune, "search hyperparameters (Optuna TPE + ASHA by default) and register the best as "
+                                "challenger")
+    p.add_argument("--name", help="tuning run name under the storage path (default: tune-<spec name>)")
+    p.add_argument("--resume", action="store_true", help="continue a stopped search; finished trials are kept")
     p = stage("register", cmd_register, "point a registry alias at a model version")
     p.add_argument("--model-name", help="registered model name (default: the spec's registry.model_name)")
     p.add_argument("--version", help="model version (default: the newest)")

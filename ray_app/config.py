@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -125,6 +125,63 @@ class GateConfig(_Strict):
     data: DataGateConfig = DataGateConfig()
 
 
+TUNABLE = ("model.width", "model.depth", "model.dropout", "train.lr", "train.batch_size", "train.weight_decay")
+
+
+class Distribution(_Strict):
+    """One dimension of a search space: `loguniform`/`uniform` floats, `randint` integers, or a `choice`."""
+
+    type: Literal["loguniform", "uniform", "randint", "choice"]
+    low: float | None = None
+    high: float | None = None
+    values: list[float | int | str] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Distribution:
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("a choice needs a non-empty `values` list")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.type} needs `low` and `high`")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.type == "loguniform" and self.low <= 0:
+            raise ValueError(f"loguniform needs low > 0 (got {self.low})")
+        return self
+
+
+class TuneConfig(_Strict):
+    """The search: space, objective, algorithm, early stopping, budget."""
+
+    space: dict[str, Distribution] = Field(default_factory=dict)
+    metric: str | None = None  # default: val_<primary metric>
+    mode: Literal["max", "min"] | None = None
+    algorithm: Literal["optuna", "random", "grid"] = "optuna"
+    scheduler: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: int = Field(2, ge=2)
+    num_samples: int = Field(8, ge=1)
+    time_budget_s: float | None = Field(None, gt=0)
+    max_concurrent: int | None = Field(None, ge=1)
+    trial_cpus: float = Field(0.25, gt=0)
+    seed: int = 0
+
+    @field_validator("space")
+    @classmethod
+    def _known_parameters(cls, space: dict[str, Distribution]) -> dict[str, Distribution]:
+        unknown = sorted(set(space) - set(TUNABLE))
+        if unknown:
+            raise ValueError(f"cannot tune {', '.join(unknown)}: tunable are {', '.join(TUNABLE)}")
+        return space
+
+    @model_validator(mode="after")
+    def _grid_needs_choices(self) -> TuneConfig:
+        if self.algorithm == "grid" and any(d.type != "choice" for d in self.space.values()):
+            raise ValueError("algorithm grid needs every dimension of the space to be a choice")
+        return self
+
+
 class ServeSettings(_Strict):
     """Limits and batching of a model variant."""
 
@@ -143,6 +200,7 @@ class ExperimentConfig(_Strict):
     registry: RegistryConfig = RegistryConfig()
     serve: ServeSettings = ServeSettings()
     gate: GateConfig = GateConfig()
+    tune: TuneConfig = TuneConfig()
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ExperimentConfig:

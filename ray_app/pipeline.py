@@ -59,32 +59,48 @@ def build_bundle(data: PreparedData, outcome: TrainOutcome) -> ModelBundle:
     )
 
 
+def run_params(cfg: ExperimentConfig) -> dict:
+    """The hyperparameters logged on a run."""
+    return {**{f"model.{k}": v for k, v in cfg.model.model_dump().items()},
+            **{f"train.{k}": v for k, v in cfg.train.model_dump().items()},
+            "data.source": cfg.data.source, "data.seed": cfg.data.seed}
+
+
+def run_tags(cfg: ExperimentConfig, data: PreparedData, run_name: str) -> dict:
+    """Lineage tags on a run: dataset version, code version, spec."""
+    return {"dataset_version": data.version.id, "git_sha": git_sha(), "experiment_config": cfg.name,
+            "task": data.spec.task, "ray_train_run": run_name}
+
+
+def evaluate_and_register(cfg: ExperimentConfig, data: PreparedData, outcome: TrainOutcome,
+                          registry: ModelRegistry, run_id: str) -> tuple[ModelRef, dict, dict]:
+    """Bundle a trained model, score it and a trivial baseline on the holdout, log both, register the bundle."""
+    bundle = build_bundle(data, outcome)
+    holdout = data.raw["holdout"].to_pandas()
+    scores = holdout_metrics(bundle, holdout)
+    train_labels = data.raw["train"].select_columns([data.spec.label]).to_pandas()[data.spec.label]
+    if data.spec.task == "regression":
+        y_true, y_train = holdout[data.spec.label].to_numpy(), train_labels.to_numpy()
+    else:
+        y_true, y_train = data.target.encode(holdout[data.spec.label]), data.target.encode(train_labels)
+    baseline = baseline_metrics(data.spec.task, y_train, y_true, data.target.num_outputs)
+    bundle.metrics = {f"holdout_{k}": v for k, v in scores.items()}
+    ref = registry.log_bundle(run_id, bundle, cfg.registry.model_name, holdout[data.spec.features].head(5))
+    for key, value in {**bundle.metrics, **{f"baseline_{k}": v for k, v in baseline.items()}}.items():
+        registry.client.log_metric(run_id, key, float(value))
+    return ref, scores, baseline
+
+
 def run_training(cfg: ExperimentConfig, paths: RuntimePaths, run_name: str | None = None) -> TrainingReport:
     """Data → Ray Train → holdout evaluation → MLflow run and a registered model version."""
     data = prepare(cfg.data, paths.data_dir)
     registry = ModelRegistry(paths.tracking_uri, paths.artifact_root)
     run_name = run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    params = {
-        **{f"model.{k}": v for k, v in cfg.model.model_dump().items()},
-        **{f"train.{k}": v for k, v in cfg.train.model_dump().items()},
-        "data.source": cfg.data.source, "data.seed": cfg.data.seed,
-    }
-    tags = {"dataset_version": data.version.id, "git_sha": git_sha(), "experiment_config": cfg.name,
-            "task": data.spec.task, "ray_train_run": run_name}
-    run_id = registry.start_run(cfg.registry.experiment, run_name, params, tags)
+    run_id = registry.start_run(cfg.registry.experiment, run_name, run_params(cfg), run_tags(cfg, data, run_name))
     try:
         outcome = train(cfg, data, paths, run_name, paths.tracking_uri, run_id)
-        bundle = build_bundle(data, outcome)
-        holdout = data.raw["holdout"].to_pandas()
-        scores = holdout_metrics(bundle, holdout)
-        train_labels = data.raw["train"].select_columns([data.spec.label]).to_pandas()[data.spec.label]
-        y_true = (holdout[data.spec.label].to_numpy() if data.spec.task == "regression"
-                  else data.target.encode(holdout[data.spec.label]))
-        y_train = (train_labels.to_numpy() if data.spec.task == "regression" else data.target.encode(train_labels))
-        baseline = baseline_metrics(data.spec.task, y_train, y_true, data.target.num_outputs)
-        bundle.metrics = {f"holdout_{k}": v for k, v in scores.items()}
-        ref = registry.log_bundle(run_id, bundle, cfg.registry.model_name, holdout[data.spec.features].head(5))
-        registry.finish_run(run_id, {**bundle.metrics, **{f"baseline_{k}": v for k, v in baseline.items()}})
+        ref, scores, baseline = evaluate_and_register(cfg, data, outcome, registry, run_id)
+        registry.finish_run(run_id, {})
     except BaseException:
         registry.finish_run(run_id, {}, status="FAILED")
         raise

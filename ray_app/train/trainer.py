@@ -35,7 +35,7 @@ def loop_settings(cfg: ExperimentConfig, data: PreparedData, tracking_uri: str |
 
 
 def build_trainer(cfg: ExperimentConfig, data: PreparedData, paths: RuntimePaths, run_name: str,
-                  settings: LoopSettings):
+                  settings: LoopSettings, callbacks: list | None = None):
     """A TorchTrainer whose run resumes when re-created with the same `run_name` and storage path."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -53,6 +53,7 @@ def build_trainer(cfg: ExperimentConfig, data: PreparedData, paths: RuntimePaths
             storage_path=paths.storage_path,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
+            callbacks=callbacks,
         ),
         datasets={"train": data.model_inputs["train"], "val": data.model_inputs["val"]},
         dataset_config=DataConfig(datasets_to_split=["train"]),
@@ -81,7 +82,12 @@ def train(cfg: ExperimentConfig, data: PreparedData, paths: RuntimePaths, run_na
         raise result.error
     if result.checkpoint is None:
         raise RuntimeError(f"training run {run_name!r} finished without a checkpoint")
-    with result.checkpoint.as_directory() as folder:
+    return outcome_from_checkpoint(result.checkpoint, settings.mlp, dict(result.metrics), run_name)
+
+
+def outcome_from_checkpoint(checkpoint, mlp: MLPSpec, metrics: dict, run_name: str) -> TrainOutcome:
+    """Read the weights out of a checkpoint that the loop wrote."""
+    with checkpoint.as_directory() as folder:
         state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    return TrainOutcome(mlp=settings.mlp, state_dict=state["model"], metrics=dict(result.metrics),
-                        checkpoint_path=result.checkpoint.path, run_name=run_name)
+    return TrainOutcome(mlp=mlp, state_dict=state["model"], metrics=metrics, checkpoint_path=checkpoint.path,
+                        run_name=run_name)

@@ -1,0 +1,1 @@
+"""Tuning: Ray Tune over Ray Train with Optuna and ASHA."""
