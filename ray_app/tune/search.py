@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 
@@ -104,6 +105,8 @@ def build_tuner(cfg: ExperimentConfig, data: PreparedData, paths: RuntimePaths, 
     from ray.tune.search.basic_variant import BasicVariantGenerator
     from ray.tune.search.optuna import OptunaSearch
 
+    # How stale a resume may be: a trial that finished after the last save of the search state runs again.
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(cfg.tune.state_save_period_s)
     metric, mode = objective(cfg, data.spec.task)
     trainable = tune.with_resources(
         tune.with_parameters(tune_trial, cfg=cfg, data=data, paths=paths, parent_run_id=parent_run_id),
