@@ -90,7 +90,8 @@ def cmd_tune(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
     report = run_tuning(cfg, paths, name=args.name, resume=args.resume)
     _print({"model_uri": report.model.uri, "alias": "challenger", "mlflow_run_id": report.mlflow_run_id,
             "best_params": report.best_params, report.metric: report.best_metric, "trials": report.trials,
-            "trial_epochs": report.trial_epochs})
+            "trial_epochs": report.trial_epochs,
+            **({"cv": {"folds": report.cv.values, "mean": report.cv.mean, "std": report.cv.std}} if report.cv else {})})
     _print_mlflow_hint(paths, report.mlflow_run_id)
     return EXIT_OK
 
@@ -189,21 +190,22 @@ def cmd_export(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
     return EXIT_OK
 
 
-def start_serving(model_uri: str, paths: RuntimePaths, port: int, batching: bool = True) -> str:
+def start_serving(model_uri: str, cfg: ExperimentConfig, paths: RuntimePaths, port: int, batching: bool = True) -> str:
     """Run one model variant on Serve at http://127.0.0.1:<port>/ and return the predict URL."""
     from ray import serve
 
     from ray_app.serve.app import VariantArgs, variant_app
 
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = variant_app(VariantArgs(model_uri=model_uri, tracking_uri=paths.tracking_uri, batching=batching))
+    app = variant_app(VariantArgs(model_uri=model_uri, tracking_uri=paths.tracking_uri, batching=batching,
+                                  **cfg.serve.model_dump()))
     serve.run(app, name="model", route_prefix="/")
     return f"http://127.0.0.1:{port}/predict"
 
 
 def cmd_serve(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
     connect_ray(paths)
-    url = start_serving(args.model_uri, paths, args.port, batching=not args.no_batching)
+    url = start_serving(args.model_uri, cfg, paths, args.port, batching=not args.no_batching)
     print(f"serving {args.model_uri} at {url} (GET {url.rsplit('/', 1)[0]}/schema); Ctrl-C stops")
     if args.detach:
         return EXIT_OK
@@ -226,7 +228,7 @@ def cmd_demo(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
     if code == EXIT_REJECTED:
         print("[demo] the new model was not promoted; serving the current champion")
     champion = f"models:/{cfg.registry.model_name}@champion"
-    url = start_serving(champion, paths, args.port)
+    url = start_serving(champion, cfg, paths, args.port)
     schema = httpx.get(url.rsplit("/", 1)[0] + "/schema", timeout=30).json()["schema"]
     sample = {name: 0.0 for name in schema["numeric"]}
     sample.update({name: values[0] for name, values in schema["categorical"].items()})

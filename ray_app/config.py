@@ -166,6 +166,7 @@ class TuneConfig(_Strict):
     max_concurrent: int | None = Field(None, ge=1)
     trial_cpus: float = Field(0.25, gt=0)
     state_save_period_s: float = Field(0.0, ge=0, description="0 saves the search state after every event")
+    cv: int | None = Field(None, ge=2, description="k-fold cross-validation of the best config")
     seed: int = 0
 
     @field_validator("space")

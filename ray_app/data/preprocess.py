@@ -113,23 +113,38 @@ class PreparedData:
         return int(np.stack(sample[FEATURES_COLUMN].to_numpy()).shape[1])
 
 
-def _select_split(batch: pd.DataFrame, name: str, cfg: DataConfig) -> pd.DataFrame:
-    keep = assign_splits(batch, cfg.seed, cfg.val_fraction, cfg.holdout_fraction) == name
+def assign_folds(frame: pd.DataFrame, seed: int, folds: int) -> np.ndarray:
+    """Give each row one of `folds` folds from a seeded hash of its content (independent of the split's hash)."""
+    hashed = pd.util.hash_pandas_object(frame, index=False, hash_key=f"{(seed + 7919) % 10**16:016d}").to_numpy()
+    return (hashed % np.uint64(folds)).astype(np.int64)
+
+
+def _select_split(batch: pd.DataFrame, name: str, cfg: DataConfig, fold: tuple[int, int] | None) -> pd.DataFrame:
+    splits = assign_splits(batch, cfg.seed, cfg.val_fraction, cfg.holdout_fraction)
+    if fold is not None and name != "holdout":  # k-fold: train and val are the folds of train + val
+        folds, index = fold
+        in_fold = assign_folds(batch, cfg.seed, folds) == index
+        keep = (splits != "holdout") & (in_fold if name == "val" else ~in_fold)
+    else:
+        keep = splits == name
     return batch.loc[keep].reset_index(drop=True)
 
 
-def split_dataset(ds, cfg: DataConfig) -> dict[str, Any]:
-    """Split a Ray Dataset of raw rows into train, val and holdout."""
-    return {name: ds.map_batches(_select_split, fn_args=(name, cfg), batch_format="pandas").materialize()
+def split_dataset(ds, cfg: DataConfig, fold: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Split a Ray Dataset of raw rows into train, val and holdout (or fold `i` of `k` for train and val)."""
+    return {name: ds.map_batches(_select_split, fn_args=(name, cfg, fold), batch_format="pandas").materialize()
             for name in SPLITS}
 
 
-def prepare(cfg: DataConfig, data_dir) -> PreparedData:
-    """Read, fingerprint, split, fit the preprocessor on train only, and encode train and val."""
+def prepare(cfg: DataConfig, data_dir, fold: tuple[int, int] | None = None) -> PreparedData:
+    """Read, fingerprint, split, fit the preprocessor on train only, and encode train and val.
+
+    With `fold=(k, i)`, val is the i-th of k folds of the rows outside holdout and train is the rest.
+    """
     files = source_files(cfg, data_dir)
     version = fingerprint(files)
     spec = infer_spec(cfg, version.columns)
-    raw = split_dataset(read_dataset(files), cfg)
+    raw = split_dataset(read_dataset(files), cfg, fold)
     if raw["train"].count() == 0:
         raise ValueError("the train split is empty: the dataset is too small for the configured fractions")
     preprocessor = build_preprocessor(spec).fit(raw["train"])

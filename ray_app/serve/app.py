@@ -40,3 +40,31 @@ def variant_app(args: VariantArgs, loader=None) -> Application:
 def build_single(args: dict) -> Application:
     """`import_path: ray_app.serve.app:build_single`: one model behind one route."""
     return variant_app(VariantArgs.model_validate(args))
+
+
+class ABArgs(BaseModel):
+    """Builder arguments of an A/B app: the variants by name and model URI. Weights go in `user_config`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    variants: dict[str, str] = Field(min_length=1)
+    tracking_uri: str | None = None
+    experiment: str = "ab"
+    num_cpus: float = Field(0.5, gt=0)
+    batching: bool = True
+
+
+def ab_app(ab: ABArgs, user_config: dict | None = None) -> Application:
+    """An ABRouter in front of one ModelVariant per model URI; without `user_config` the split is even."""
+    from ray_app.serve.router import ABRouter
+
+    variants = {name: variant_app(VariantArgs(model_uri=uri, tracking_uri=ab.tracking_uri, variant=name,
+                                              num_cpus=ab.num_cpus, batching=ab.batching))
+                for name, uri in ab.variants.items()}
+    default = {"experiment": ab.experiment, "weights": {name: 1.0 for name in ab.variants}}
+    return ABRouter.options(user_config=user_config or default).bind(variants)
+
+
+def build_ab(args: dict) -> Application:
+    """`import_path: ray_app.serve.app:build_ab`; the deploy file's `user_config` sets weights and shadow."""
+    return ab_app(ABArgs.model_validate(args))

@@ -84,8 +84,16 @@ class ModelVariant:
         if request.method != "POST":
             return JSONResponse({"error": "use POST with a JSON body, or GET /schema"}, status_code=405)
         try:
-            rows = validate_instances(parse_body(await request.body()), self.bundle.schema, self.settings.max_rows)
+            payload = parse_body(await request.body())
         except RequestError as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.status)
-        result = await self.predict(rows)
-        return JSONResponse({**result, **self.describe()})
+        status, body = await self.handle_payload(payload)
+        return JSONResponse(body, status_code=status)
+
+    async def handle_payload(self, payload: object) -> tuple[int, dict]:
+        """Validate a decoded JSON payload and predict: (HTTP status, body). Routers call this by handle."""
+        try:
+            rows = validate_instances(payload, self.bundle.schema, self.settings.max_rows)
+        except RequestError as exc:
+            return exc.status, {"error": exc.message}
+        return 200, {**await self.predict(rows), **self.describe()}

@@ -13,6 +13,7 @@ from ray_app.metrics import HIGHER_IS_BETTER, PRIMARY_METRIC
 from ray_app.pipeline import evaluate_and_register, run_params, run_tags
 from ray_app.registry import ModelRef, ModelRegistry
 from ray_app.train.trainer import build_trainer, loop_settings, outcome_from_checkpoint
+from ray_app.tune.cv import CrossValidation, cross_validate
 
 
 @dataclass
@@ -26,6 +27,7 @@ class TuningReport:
     metric: str
     trials: int
     trial_epochs: int
+    cv: CrossValidation | None = None
 
 
 def objective(cfg: ExperimentConfig, task: str) -> tuple[str, str]:
@@ -165,8 +167,13 @@ def run_tuning(cfg: ExperimentConfig, paths: RuntimePaths, name: str | None = No
     registry.set_alias(ref.name, "challenger", ref.version)
     trial_epochs = sum(int(r.metrics.get("training_iteration", 0)) for r in results if r.metrics)
     registry.client.log_metric(parent, "trial_epochs", trial_epochs)
-    registry.finish_run(parent, {f"best_{metric}": best.metrics[metric]})
-    return TuningReport(ref, parent, best.config, float(best.metrics[metric]), metric, len(results), trial_epochs)
+    cv = cross_validate(best_cfg, paths, cfg.tune.cv, metric, name) if cfg.tune.cv else None
+    summary = {f"best_{metric}": best.metrics[metric]}
+    if cv is not None:
+        summary.update({f"cv_mean_{metric}": cv.mean, f"cv_std_{metric}": cv.std})
+    registry.finish_run(parent, summary)
+    return TuningReport(ref, parent, best.config, float(best.metrics[metric]), metric, len(results), trial_epochs,
+                        cv)
 
 
 def _parent_run(registry: ModelRegistry, cfg: ExperimentConfig, data: PreparedData, name: str, resume: bool) -> str:

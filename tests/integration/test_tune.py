@@ -35,7 +35,7 @@ def child_runs(client: MlflowClient, parent_id: str) -> list:
 
 
 def test_tiny_tune_logs_nested_runs_and_registers_a_challenger(paths):
-    report = run_tuning(tune_config(), paths, name="tune-tiny")
+    report = run_tuning(tune_config(cv=2), paths, name="tune-tiny")
     client = MlflowClient(paths.tracking_uri)
     children = child_runs(client, report.mlflow_run_id)
     assert report.trials == 3 and len(children) == 3
@@ -50,6 +50,9 @@ def test_tiny_tune_logs_nested_runs_and_registers_a_challenger(paths):
     assert registry.alias_version(NAME, "champion") is None
     parent = client.get_run(report.mlflow_run_id)
     assert parent.data.params["best.train.lr"] == str(report.best_params["train.lr"])
+    assert len(report.cv.values) == 2 and all(0.5 < v <= 1.0 for v in report.cv.values)
+    assert parent.data.metrics["cv_mean_val_roc_auc"] == pytest.approx(report.cv.mean)
+    assert parent.data.metrics["cv_std_val_roc_auc"] == pytest.approx(report.cv.std)
 
 
 def test_killed_search_resumes_without_rerunning_finished_trials(paths, tmp_path):

@@ -98,3 +98,15 @@ def test_target_encoding_round_trip_and_unseen_label():
         enc.encode(pd.Series(["maybe"]))
     reg = TargetEncoding.fit("regression", pd.Series([1.0, 3.0]))
     assert np.allclose(reg.encode(pd.Series([2.0])), [0.0]) and reg.num_outputs == 1
+
+
+def test_folds_partition_rows_deterministically():
+    from ray_app.data.preprocess import assign_folds
+
+    frame = synthetic_frame(3000, seed=0)
+    folds = assign_folds(frame, seed=0, folds=5)
+    assert set(folds) == set(range(5)) and (assign_folds(frame, seed=0, folds=5) == folds).all()
+    assert pd.Series(folds).value_counts(normalize=True).between(0.17, 0.23).all()
+    splits = assign_splits(frame, seed=0, val_fraction=0.15, holdout_fraction=0.15)
+    # folds are drawn independently of the split, so every fold has rows of every split
+    assert all(((folds == f) & (splits == "holdout")).any() for f in range(5))
