@@ -100,9 +100,9 @@ def run_training(cfg: ExperimentConfig, paths: RuntimePaths, run_name: str | Non
     try:
         outcome = train(cfg, data, paths, run_name, paths.tracking_uri, run_id)
         ref, scores, baseline = evaluate_and_register(cfg, data, outcome, registry, run_id)
-        registry.finish_run(run_id, {})
+        registry.finish_run(run_id)
     except BaseException:
-        registry.finish_run(run_id, {}, status="FAILED")
+        registry.finish_run(run_id, status="FAILED")
         raise
     return TrainingReport(ref, run_id, data.version.id, scores, baseline, outcome.metrics)
 

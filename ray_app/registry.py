@@ -93,8 +93,8 @@ class ModelRegistry:
             self.client.log_param(run.info.run_id, key, value)
         return run.info.run_id
 
-    def finish_run(self, run_id: str, metrics: dict[str, float], status: str = "FINISHED") -> None:
-        for key, value in metrics.items():
+    def finish_run(self, run_id: str, metrics: dict[str, float] | None = None, status: str = "FINISHED") -> None:
+        for key, value in (metrics or {}).items():
             self.client.log_metric(run_id, key, float(value))
         self.client.set_terminated(run_id, status=status)
 

@@ -94,7 +94,7 @@ def tune_trial(params: dict, cfg: ExperimentConfig, data: PreparedData, paths: R
             raise result.error
         status = "FINISHED"
     finally:
-        registry.finish_run(run_id, {}, status=status)
+        registry.finish_run(run_id, status=status)
 
 
 def build_tuner(cfg: ExperimentConfig, data: PreparedData, paths: RuntimePaths, name: str, parent_run_id: str,

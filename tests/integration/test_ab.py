@@ -34,7 +34,7 @@ def models(champion, paths):
 
     rows = pd.read_parquet(frame).head(20)
     ref = registry.log_bundle(run_id, bundle, champion.model.name, rows[bundle.schema.features].head(5))
-    registry.finish_run(run_id, {})
+    registry.finish_run(run_id)
     registry.set_alias(ref.name, "challenger", ref.version)
     return {"champion": champion.model, "challenger": ref, "rows": rows[bundle.schema.features], "bundle": bundle}
 
