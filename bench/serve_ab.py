@@ -8,41 +8,24 @@ behind an ABRouter (weights 100/0, so every request takes the router hop and rea
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import platform
-from pathlib import Path
 
-from serve_latency import PORT, measure, train_bundle
-
-ROOT = Path(__file__).resolve().parents[1]
+from serve_latency import PORT, measure, parse_args, prepare_bundle
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per cell")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
-    args = parser.parse_args()
+    args = parse_args(__doc__)
 
     import ray
     from ray import serve
 
-    from ray_app.package import ModelBundle
     from ray_app.serve.app import VariantArgs, variant_app
     from ray_app.serve.router import ABRouter
     from ray_app.serve.variant import BundleDirLoader
 
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    folder = args.out / "bundle"
-    if not (folder / "bundle.json").exists():
-        folder = train_bundle(args.out)
-    bundle = ModelBundle.load(folder)
-    row = {name: 0.1 for name in bundle.schema.numeric}
-    row.update({name: values[0] for name, values in bundle.schema.categorical.items()})
-    body = {"instances": [row]}
-
+    folder, body = prepare_bundle(args.out, reuse=True)
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     results = {}
     direct = variant_app(VariantArgs(model_uri=str(folder), variant="a"), loader=BundleDirLoader())

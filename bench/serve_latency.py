@@ -62,26 +62,40 @@ def train_bundle(out: Path) -> Path:
     return bundle.save(out / "bundle")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(doc: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per cell")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def prepare_bundle(out: Path, reuse: bool) -> tuple[Path, dict]:
+    """Start a local Ray, get a bundle folder (trained now unless `reuse` finds one) and a one-row request."""
+    import ray
+
+    from ray_app.package import ModelBundle
+
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    folder = out / "bundle"
+    if not (reuse and (folder / "bundle.json").exists()):
+        folder = train_bundle(out)
+    bundle = ModelBundle.load(folder)
+    row = {name: 0.1 for name in bundle.schema.numeric}
+    row.update({name: values[0] for name, values in bundle.schema.categorical.items()})
+    return folder, {"instances": [row]}
+
+
+def main() -> None:
+    args = parse_args(__doc__)
 
     import ray
     from ray import serve
 
-    from ray_app.package import ModelBundle
     from ray_app.serve.app import VariantArgs, variant_app
     from ray_app.serve.variant import BundleDirLoader
 
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    folder = train_bundle(args.out)
-    bundle = ModelBundle.load(folder)
-    row = {name: 0.1 for name in bundle.schema.numeric}
-    row.update({name: values[0] for name, values in bundle.schema.categorical.items()})
-    body = {"instances": [row]}
+    folder, body = prepare_bundle(args.out, reuse=False)
 
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     results: dict[tuple[str, int], dict] = {}

@@ -52,6 +52,8 @@ class ABArgs(BaseModel):
     experiment: str = "ab"
     num_cpus: float = Field(0.5, gt=0)
     batching: bool = True
+    feedback_dir: str | None = None  # default: $RAY_APP_HOME/feedback
+    feedback_flush_rows: int = Field(100, ge=1)
 
 
 def ab_app(ab: ABArgs, user_config: dict | None = None) -> Application:
@@ -62,7 +64,8 @@ def ab_app(ab: ABArgs, user_config: dict | None = None) -> Application:
                                               num_cpus=ab.num_cpus, batching=ab.batching))
                 for name, uri in ab.variants.items()}
     default = {"experiment": ab.experiment, "weights": {name: 1.0 for name in ab.variants}}
-    return ABRouter.options(user_config=user_config or default).bind(variants)
+    feedback_dir = ab.feedback_dir or str(RuntimePaths.resolve().home / "feedback")
+    return ABRouter.options(user_config=user_config or default).bind(variants, feedback_dir, ab.feedback_flush_rows)
 
 
 def build_ab(args: dict) -> Application:

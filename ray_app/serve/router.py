@@ -13,7 +13,11 @@ import hashlib
 import logging
 import random
 import time
+import uuid
+from collections import OrderedDict
+from pathlib import Path
 
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -76,12 +80,14 @@ def assign(settings: RouterSettings, key: str) -> str:
 class ABRouter:
     """Ingress: picks a variant per request, calls it by handle, mirrors to the shadow, says who answered."""
 
-    def __init__(self, variants: dict[str, DeploymentHandle]):
+    def __init__(self, variants: dict[str, DeploymentHandle], feedback_dir: str | None = None,
+                 feedback_flush_rows: int = 100, remembered_requests: int = 100_000):
         from ray.serve.metrics import Counter, Histogram
 
         self.variants = variants
         self.settings: RouterSettings | None = None
         self._shadow_tasks: set[asyncio.Task] = set()
+        self.feedback = FeedbackLog(feedback_dir, feedback_flush_rows, remembered_requests)
         tags = ("experiment", "variant")
         self.requests = Counter("ab_requests", description="requests answered, by variant", tag_keys=tags)
         self.errors = Counter("ab_errors", description="answers with status >= 500, by variant", tag_keys=tags)
@@ -91,6 +97,10 @@ class ABRouter:
                                    tag_keys=(*tags, "prediction"))
         self.shadow_results = Counter("ab_shadow", description="shadow answers: agree, disagree or error",
                                       tag_keys=(*tags, "outcome"))
+        self.labelled = Counter("ab_feedback", description="labelled predictions: correct or wrong (classification)",
+                                tag_keys=(*tags, "outcome"))
+        self.label_error = Histogram("ab_feedback_abs_error", description="absolute error of labelled predictions "
+                                     "(regression)", boundaries=[0.1, 0.5, 1, 2, 5, 10, 20, 50, 100], tag_keys=tags)
 
     def reconfigure(self, config: dict) -> None:
         """Serve calls this with `user_config`; a bad config fails the update and the old one keeps serving."""
@@ -116,6 +126,8 @@ class ABRouter:
             return JSONResponse({"error": "router has no user_config yet"}, status_code=503)
         if request.method != "POST":
             return JSONResponse({"error": "use POST with a JSON body"}, status_code=405)
+        if request.url.path.rstrip("/").endswith("/feedback"):
+            return await self._feedback(request)
         start = time.perf_counter()
         try:
             payload = parse_body(await request.body())
@@ -130,6 +142,11 @@ class ABRouter:
             self.errors.inc(tags=tags)
         for prediction in body.get("predictions", []):
             self.predictions.inc(tags={**tags, "prediction": str(prediction)})
+        if status == 200:
+            given = payload.get("request_id") if isinstance(payload, dict) else None
+            body["request_id"] = str(given) if given is not None else uuid.uuid4().hex
+            self.feedback.remember(body["request_id"], variant, payload["instances"], body["predictions"],
+                                   "probabilities" in body)
         shadow = self.settings.shadow
         if shadow and shadow != variant and status == 200 and random.random() < self.settings.shadow_fraction:
             task = asyncio.create_task(self._mirror(shadow, payload, body.get("predictions")))
@@ -145,3 +162,74 @@ class ABRouter:
         except Exception:  # a failing shadow is only counted
             outcome = "error"
         self.shadow_results.inc(tags={**tags, "outcome": outcome})
+
+    async def _feedback(self, request: Request) -> JSONResponse:
+        """`POST .../feedback {"request_id": ..., "labels": [...]}`: score the earlier answer, keep the rows."""
+        try:
+            payload = parse_body(await request.body())
+            if not isinstance(payload, dict) or "request_id" not in payload or "labels" not in payload:
+                raise RequestError(422, 'expected {"request_id": "...", "labels": [one per instance]}')
+            variant, outcomes = self.feedback.label(str(payload["request_id"]), payload["labels"])
+        except RequestError as exc:
+            return JSONResponse({"error": exc.message}, status_code=exc.status)
+        tags = {"experiment": self.settings.experiment, "variant": variant}
+        for outcome in outcomes:
+            if isinstance(outcome, bool):
+                self.labelled.inc(tags={**tags, "outcome": "correct" if outcome else "wrong"})
+            else:
+                self.label_error.observe(outcome, tags=tags)
+        return JSONResponse({"request_id": payload["request_id"], "variant": variant, "labelled": len(outcomes)})
+
+    def __del__(self):
+        self.feedback.flush()
+
+
+class FeedbackLog:
+    """Answers remembered by request id, and the labelled rows they become, flushed to Parquet for retraining.
+
+    Ids live in the router replica that answered; with several router replicas, send feedback through the
+    same replica (or keep one router replica, the default).
+    """
+
+    def __init__(self, folder: str | None, flush_rows: int, capacity: int):
+        self.folder = Path(folder) if folder else None
+        self.flush_rows, self.capacity = flush_rows, capacity
+        self.answers: OrderedDict[str, tuple] = OrderedDict()
+        self.rows: list[dict] = []
+        self.part = f"{uuid.uuid4().hex[:8]}"
+        self.files = 0
+
+    def remember(self, request_id: str, variant: str, instances: list, predictions: list, classes: bool) -> None:
+        self.answers[request_id] = (variant, instances, predictions, classes)
+        while len(self.answers) > self.capacity:
+            self.answers.popitem(last=False)
+
+    def label(self, request_id: str, labels: list) -> tuple[str, list]:
+        """Per instance: whether the prediction was right (classification) or its absolute error (regression)."""
+        if request_id not in self.answers:
+            raise RequestError(404, f"unknown or expired request_id {request_id!r}")
+        variant, instances, predictions, classes = self.answers[request_id]
+        if not isinstance(labels, list) or len(labels) != len(predictions):
+            raise RequestError(422, f"expected {len(predictions)} label(s), one per instance")
+        try:
+            outcomes = [str(p) == str(y) if classes else abs(float(p) - float(y))
+                        for p, y in zip(predictions, labels, strict=True)]
+        except (TypeError, ValueError):
+            raise RequestError(422, "regression labels must be numbers") from None
+        del self.answers[request_id]
+        now = time.time()
+        self.rows += [{**row, "label": y, "prediction": p, "variant": variant, "request_id": request_id,
+                       "labelled_at": now} for row, p, y in zip(instances, predictions, labels, strict=True)]
+        if len(self.rows) >= self.flush_rows:
+            self.flush()
+        return variant, outcomes
+
+    def flush(self) -> None:
+        if not self.rows or self.folder is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        frame = pd.DataFrame(self.rows)
+        frame["label"] = frame["label"].astype(str) if frame["label"].map(type).nunique() > 1 else frame["label"]
+        frame.to_parquet(self.folder / f"feedback-{self.part}-{self.files:05d}.parquet", index=False)
+        self.files += 1
+        self.rows = []

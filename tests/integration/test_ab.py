@@ -44,9 +44,15 @@ def instance(models, i: int = 0) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ab_url(models, paths):
+def feedback_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("feedback")
+
+
+@pytest.fixture(scope="module")
+def ab_url(models, paths, feedback_dir):
     serve.start(http_options={"host": "127.0.0.1", "port": SERVE_PORT})
-    args = ABArgs(experiment="t", tracking_uri=paths.tracking_uri,
+    args = ABArgs(experiment="t", tracking_uri=paths.tracking_uri, feedback_dir=str(feedback_dir),
+                  feedback_flush_rows=1,
                   variants={"champion": "models:/ray-app-model@champion",
                             "challenger": "models:/ray-app-model@challenger"})
     app = ab_app(args, {"experiment": "t", "weights": {"champion": 90, "challenger": 10}})
@@ -93,6 +99,29 @@ def test_weighted_split_is_sticky_and_forceable(ab_url, models):
     assert httpx.post(ab_url, content=b"{nope", timeout=30).status_code == 400
     assert httpx.post(ab_url, json={"instances": []}, timeout=30).status_code == 422
     assert httpx.post(ab_url, json=instance(models), timeout=30).status_code == 200
+
+
+def test_feedback_labels_answers_and_stores_rows(ab_url, models, feedback_dir):
+    import pandas as pd
+
+    answer = httpx.post(ab_url, json=instance(models, 3), headers={"x-user-id": "fb-user"}, timeout=30).json()
+    request_id = answer["request_id"]
+    label = answer["predictions"][0]
+    done = httpx.post(f"{ab_url}/feedback", json={"request_id": request_id, "labels": [label]}, timeout=30)
+    assert done.status_code == 200 and done.json() == {"request_id": request_id, "variant": answer["variant"],
+                                                        "labelled": 1}
+    again = httpx.post(f"{ab_url}/feedback", json={"request_id": request_id, "labels": [label]}, timeout=30)
+    assert again.status_code == 404
+    assert httpx.post(f"{ab_url}/feedback", json={"labels": [1]}, timeout=30).status_code == 422
+    named = httpx.post(ab_url, json={**instance(models), "request_id": "mine-1"}, timeout=30).json()
+    assert named["request_id"] == "mine-1"
+    assert httpx.post(f"{ab_url}/feedback", json={"request_id": "mine-1", "labels": [1, 0]},
+                      timeout=30).status_code == 422
+    stored = wait_until(lambda: list(feedback_dir.glob("feedback-*.parquet")), timeout=30, what="feedback rows")
+    rows = pd.concat(pd.read_parquet(p) for p in stored)
+    assert request_id in set(rows["request_id"])
+    row = rows[rows["request_id"] == request_id].iloc[0]
+    assert row["variant"] == answer["variant"] and row["x0"] == pytest.approx(models["rows"].iloc[3]["x0"])
 
 
 @pytest.mark.parametrize("mode", ["fail", "slow"])

@@ -41,3 +41,27 @@ def test_zero_weight_gets_nothing_and_settings_are_validated():
         RouterSettings(weights={"champion": 1, "ghost": 1}).check_names({"champion", "challenger"})
     with pytest.raises(ValueError, match="unknown variant"):
         RouterSettings(weights={"champion": 1}, shadow="ghost").check_names({"champion"})
+
+
+def test_feedback_log_scores_keeps_rows_and_forgets_old_ids(tmp_path):
+    import pandas as pd
+
+    from ray_app.serve.router import FeedbackLog
+    from ray_app.serve.validation import RequestError
+
+    log = FeedbackLog(str(tmp_path), flush_rows=3, capacity=2)
+    log.remember("r1", "champion", [{"x0": 1.0}, {"x0": 2.0}], [0, 1], classes=True)
+    log.remember("r2", "challenger", [{"x0": 3.0}], [1], classes=True)
+    log.remember("r3", "challenger", [{"x0": 4.0}], [12.5], classes=False)
+    with pytest.raises(RequestError, match="unknown or expired request_id 'r1'"):
+        log.label("r1", [0, 1])  # pushed out by capacity 2
+    with pytest.raises(RequestError, match="expected 1 label"):
+        log.label("r2", [1, 0])
+    assert log.label("r2", [1]) == ("challenger", [True])
+    assert log.label("r3", [10.0]) == ("challenger", [2.5])
+    assert not list(tmp_path.glob("*.parquet"))  # 2 rows < flush_rows
+    log.flush()
+    stored = pd.concat(pd.read_parquet(p) for p in sorted(tmp_path.glob("*.parquet")))
+    assert list(stored["request_id"]) == ["r2", "r3"] and list(stored["x0"]) == [3.0, 4.0]
+    with pytest.raises(RequestError, match="unknown"):
+        log.label("r2", [1])  # each answer is labelled once
