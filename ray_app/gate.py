@@ -99,8 +99,8 @@ def latency_p99_ms(bundle: ModelBundle, frame: pd.DataFrame, calls: int = 200) -
     return float(np.percentile(timings, 99))
 
 
-def _score_of_interest(bundle: ModelBundle, frame: pd.DataFrame) -> np.ndarray:
-    result = bundle.predict(frame)
+def _score_of_interest(bundle: ModelBundle, result: dict) -> np.ndarray:
+    """The number a behaviour rule watches: the prediction (regression) or the last class's probability."""
     if bundle.target.classes is None:
         return np.asarray(result["predictions"], dtype=np.float64)
     return np.asarray(result["probabilities"])[:, -1]
@@ -117,22 +117,28 @@ def _perturb(bundle: ModelBundle, frame: pd.DataFrame, feature: str, shift: floa
     return changed
 
 
+def _bound_check(name: str, metric: str, value: float, limit: float, observed: str) -> Check:
+    """`value` must be at least `limit` for a higher-is-better metric, at most `limit` otherwise."""
+    higher = HIGHER_IS_BETTER[metric]
+    return Check(name, value >= limit if higher else value <= limit, observed, f"{'>=' if higher else '<='} {limit}")
+
+
 def behaviour_checks(bundle: ModelBundle, frame: pd.DataFrame, cfg: GateConfig) -> list[Check]:
     """Invariance, monotonic direction and per-slice floors declared in the spec."""
     checks = []
-    base = _score_of_interest(bundle, frame)
+    base_result = bundle.predict(frame)
+    base = _score_of_interest(bundle, base_result)
     for rule in cfg.invariance:
-        moved = _score_of_interest(bundle, _perturb(bundle, frame, rule.feature, rule.shift))
+        moved_result = bundle.predict(_perturb(bundle, frame, rule.feature, rule.shift))
         if bundle.target.classes is None:
+            moved = _score_of_interest(bundle, moved_result)
             changed = np.abs(moved - base) > 0.25 * (np.std(base) or 1.0)
         else:
-            labels = bundle.predict(frame)["predictions"]
-            changed = np.asarray(bundle.predict(_perturb(bundle, frame, rule.feature, rule.shift))["predictions"]) \
-                != np.asarray(labels)
+            changed = np.asarray(moved_result["predictions"]) != np.asarray(base_result["predictions"])
         checks.append(Check(f"invariance {rule.feature}", float(changed.mean()) <= rule.max_changed,
                             f"{changed.mean():.3f} of predictions changed", f"<= {rule.max_changed}"))
     for rule in cfg.monotonic:
-        moved = _score_of_interest(bundle, _perturb(bundle, frame, rule.feature, rule.delta))
+        moved = _score_of_interest(bundle, bundle.predict(_perturb(bundle, frame, rule.feature, rule.delta)))
         wrong = (moved < base - 1e-6) if rule.direction == "increasing" else (moved > base + 1e-6)
         checks.append(Check(f"monotonic {rule.feature}", float(wrong.mean()) <= rule.tolerance,
                             f"{wrong.mean():.3f} of rows move against {rule.direction}", f"<= {rule.tolerance}"))
@@ -143,10 +149,8 @@ def behaviour_checks(bundle: ModelBundle, frame: pd.DataFrame, cfg: GateConfig) 
             continue
         scored = score(bundle, rows)
         value = metric_value(rule.metric, scored.y, scored.output)
-        ok = value >= rule.min if HIGHER_IS_BETTER[rule.metric] else value <= rule.min
-        bound = ">=" if HIGHER_IS_BETTER[rule.metric] else "<="
-        checks.append(Check(f"slice {rule.feature}={rule.value} {rule.metric}", ok, f"{value:.4f} on {len(rows)} rows",
-                            f"{bound} {rule.min}"))
+        checks.append(_bound_check(f"slice {rule.feature}={rule.value} {rule.metric}", rule.metric, value, rule.min,
+                                   f"{value:.4f} on {len(rows)} rows"))
     return checks
 
 
@@ -163,9 +167,7 @@ def evaluate_gate(challenger: ModelBundle, champion: ModelBundle | None, holdout
     for name, floor in cfg.floors.items():
         got = metric_value(name, scored.y, scored.output)
         report.figures[f"challenger_{name}"] = got
-        bound = ">=" if HIGHER_IS_BETTER[name] else "<="
-        ok = got >= floor if HIGHER_IS_BETTER[name] else got <= floor
-        report.checks.append(Check(f"floor {name}", ok, f"{got:.4f}", f"{bound} {floor}"))
+        report.checks.append(_bound_check(f"floor {name}", name, got, floor, f"{got:.4f}"))
     if champion is not None:
         base = score(champion, holdout)
         report.figures[f"champion_{metric}"] = metric_value(metric, base.y, base.output)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from ray_app.config import ExperimentConfig, RuntimePaths
 from ray_app.data.preprocess import PreparedData, holdout_frame, prepare
 from ray_app.data.sources import FeatureSpec, infer_spec, read_frame, resolve_files, source_files
 from ray_app.data.validate import DataReport, Reference, Violation, validate_frame
-from ray_app.gate import EXIT_PROMOTED, EXIT_REJECTED, GateReport, evaluate_gate, promote_if_better
+from ray_app.gate import EXIT_PROMOTED, EXIT_REJECTED, GateReport, evaluate_gate, promote_if_better, score
 from ray_app.metrics import baseline_metrics, classification_metrics, regression_metrics
 from ray_app.monitor.profiles import profile_frame
 from ray_app.package import FeatureSchema, ModelBundle
@@ -36,11 +35,10 @@ class TrainingReport:
 
 def holdout_metrics(bundle: ModelBundle, holdout: pd.DataFrame) -> dict[str, float]:
     """Score a bundle on raw holdout rows, through the same `predict` that serving uses."""
-    labels = holdout[bundle.schema.label]
-    out = bundle.predict(holdout)
+    scored = score(bundle, holdout)
     if bundle.target.classes is None:
-        return regression_metrics(labels.to_numpy(), np.asarray(out["predictions"]))
-    return classification_metrics(bundle.target.encode(labels), np.asarray(out["probabilities"]))
+        return regression_metrics(scored.y, scored.output)
+    return classification_metrics(scored.y, scored.output)
 
 
 def build_bundle(data: PreparedData, outcome: TrainOutcome) -> ModelBundle:
@@ -135,11 +133,12 @@ def run_data_gate(cfg: ExperimentConfig, paths: RuntimePaths, source: str | None
 def run_gate(cfg: ExperimentConfig, paths: RuntimePaths, challenger_uri: str) -> tuple[GateReport, ModelRef]:
     """Evaluate a challenger against the champion on the spec's holdout."""
     registry = ModelRegistry(paths.tracking_uri)
-    challenger, ref = registry.load_bundle(challenger_uri)
+    ref = registry.resolve(challenger_uri)
+    if registry.alias_version(ref.name, "champion") == ref.version:
+        raise ValueError(f"{ref.uri} is already the champion")
+    challenger, ref = registry.load_bundle(ref.uri)
     champion, champion_ref = champion_bundle(registry, ref.name)
     holdout, holdout_version = holdout_frame(cfg.data, paths.data_dir)
-    if champion_ref is not None and champion_ref.version == ref.version:
-        raise ValueError(f"{ref.uri} is already the champion")
     report = evaluate_gate(challenger, champion, holdout, cfg.gate,
                            (ref.uri, champion_ref.uri if champion_ref else None), holdout_version)
     return report, ref
