@@ -169,6 +169,23 @@ def cmd_rollback(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
     return EXIT_OK
 
 
+def cmd_rollout(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
+    from dataclasses import asdict
+
+    from ray_app.rollout import RolloutController
+
+    controller = RolloutController(cfg, paths)
+    if args.promote:
+        outcome = controller.promote(f"manual: {args.reason}")
+    elif args.abort:
+        outcome = controller.abort(f"manual: {args.reason}")
+    else:
+        outcome = controller.run()
+    _print(asdict(outcome))
+    print(f"rollout: {outcome.decision.upper()} (challenger version {outcome.version})")
+    return EXIT_OK if outcome.decision == "promoted" else EXIT_REJECTED
+
+
 def cmd_export(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
     from ray_app.data.preprocess import holdout_frame
     from ray_app.package import export_model, parity_error
@@ -297,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("rollback", cmd_rollback, "move champion back to the previous version, with an audit record")
     p.add_argument("--model-name", help="registered model name (default: the spec's registry.model_name)")
     p.add_argument("--reason", default="manual rollback", help="why, for the audit log")
+    p = stage("rollout", cmd_rollout, "canary: step the challenger's weight, analyse each step in Prometheus, "
+                                      "promote or roll back (exit 0 promoted, 1 rolled back, 2 error)")
+    manual = p.add_mutually_exclusive_group()
+    manual.add_argument("--promote", action="store_true", help="promote the challenger now (alias, weights, audit)")
+    manual.add_argument("--abort", action="store_true", help="roll back now: all traffic to the champion, audited")
+    p.add_argument("--reason", default="operator decision", help="why, for the audit log (with --promote/--abort)")
     p = stage("export", cmd_export, "export a model to ONNX or TorchScript with its preprocessor; parity-checked")
     p.add_argument("--model-uri", required=True)
     p.add_argument("--format", choices=["onnx", "torchscript"], required=True)

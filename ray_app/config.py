@@ -192,6 +192,51 @@ class ServeSettings(_Strict):
     batch_wait_timeout_s: float = Field(0.005, ge=0.0)
 
 
+class RolloutThresholds(_Strict):
+    """What a challenger must show at every step; comparisons with the champion need champion traffic."""
+
+    min_requests: int = Field(50, ge=1)
+    max_error_rate: float = Field(0.02, ge=0, le=1)
+    max_error_rate_increase: float = Field(0.01, ge=0, le=1)
+    max_p99_ratio: float = Field(1.5, gt=0)
+    p99_slack_ms: float = Field(25.0, ge=0)
+    min_labels: int = Field(30, ge=1)
+    max_accuracy_drop: float = Field(0.05, ge=0, le=1)
+    max_abs_error_increase: float = Field(0.10, ge=0)
+
+
+class WeightTarget(_Strict):
+    """Where weights are set: Serve's REST API (durable, like `serve deploy`) or the router's admin route."""
+
+    via: Literal["serve", "admin"] = "serve"
+    app: str = "ab"
+    deployment: str = "ABRouter"
+    admin_url: str = "http://127.0.0.1:8000/admin/weights"
+
+
+class RolloutConfig(_Strict):
+    """A canary rollout of the registry's challenger against the champion behind an ABRouter."""
+
+    experiment: str = "champion-vs-challenger"  # the router's experiment, as in serve_configs/ab.yaml
+    champion: str = "champion"
+    challenger: str = "challenger"
+    challenger_uri: str | None = None  # default: models:/<model_name>@challenger
+    steps: list[float] = Field(default_factory=lambda: [5, 25, 50, 100], min_length=1)
+    step_wait_s: float = Field(60.0, gt=0)
+    settle_s: float = Field(15.0, ge=0)
+    max_extensions: int = Field(3, ge=0)
+    prometheus_url: str | None = None
+    thresholds: RolloutThresholds = RolloutThresholds()
+    target: WeightTarget = WeightTarget()
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, steps: list[float]) -> list[float]:
+        if any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)):
+            raise ValueError("steps must be increasing percentages in (0, 100]")
+        return steps
+
+
 class ExperimentConfig(_Strict):
     """The one object passed down through every stage."""
 
@@ -203,6 +248,7 @@ class ExperimentConfig(_Strict):
     serve: ServeSettings = ServeSettings()
     gate: GateConfig = GateConfig()
     tune: TuneConfig = TuneConfig()
+    rollout: RolloutConfig = RolloutConfig()
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ExperimentConfig:
@@ -250,6 +296,9 @@ class RuntimePaths(_Strict):
     storage_path: str
     ray_address: str | None = None
     actor: str = "unknown"
+    dashboard_url: str = "http://127.0.0.1:8265"
+    prometheus_url: str = "http://127.0.0.1:9090"
+    admin_token: str | None = Field(None, repr=False)
 
     @property
     def data_dir(self) -> Path:
@@ -264,6 +313,8 @@ class RuntimePaths(_Strict):
         """Read `RAY_APP_HOME`, `MLFLOW_TRACKING_URI`, `RAY_APP_STORAGE`, `RAY_ADDRESS` and who is acting.
 
         The actor recorded in audit logs is `RAY_APP_ACTOR`, else the CI's `GITHUB_ACTOR`, else `USER`.
+        `RAY_DASHBOARD_ADDRESS` (Serve's REST API), `RAY_APP_PROMETHEUS_URL` and `RAY_APP_ADMIN_TOKEN` (the bearer
+        token of admin routes; without it they are off) serve the rollout controller, the router and the monitor.
         """
         env = os.environ if environ is None else environ
         home = Path(env.get("RAY_APP_HOME", Path.home() / ".ray_app")).expanduser().resolve()
@@ -273,6 +324,9 @@ class RuntimePaths(_Strict):
             storage_path=env.get("RAY_APP_STORAGE", str(home / "ray_results")),
             ray_address=env.get("RAY_ADDRESS") or None,
             actor=env.get("RAY_APP_ACTOR") or env.get("GITHUB_ACTOR") or env.get("USER") or "unknown",
+            dashboard_url=env.get("RAY_DASHBOARD_ADDRESS") or "http://127.0.0.1:8265",
+            prometheus_url=env.get("RAY_APP_PROMETHEUS_URL") or "http://127.0.0.1:9090",
+            admin_token=env.get("RAY_APP_ADMIN_TOKEN") or None,
         )
 
     def ensure(self) -> RuntimePaths:

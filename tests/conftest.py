@@ -17,6 +17,7 @@ os.environ["RAY_AUTH_MODE"] = "token"
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SERVE_PORT = 8000  # serve_configs/*.yaml bind 127.0.0.1:8000, and a cluster has one HTTP port
+ADMIN_TOKEN = "test-admin-token"  # the router's admin routes read RAY_APP_ADMIN_TOKEN in the replica
 
 
 def free_port() -> int:
@@ -40,20 +41,24 @@ def ray_cluster(app_home):
     """A head node with the dashboard (Jobs API, `serve deploy`) on loopback; the test process joins it."""
     import ray
 
-    port, dashboard_port = free_port(), free_port()
+    port, dashboard_port, metrics_port = free_port(), free_port(), free_port()
     # Jobs run `ray-app` from the cluster's PATH: put this venv's bin first.
     os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = dict(os.environ)
+    os.environ["RAY_APP_ADMIN_TOKEN"] = ADMIN_TOKEN
+    os.environ["RAY_DASHBOARD_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
+    env = {**os.environ, "RAY_metrics_report_interval_ms": "1000"}  # metrics reach Prometheus in ~2 s, not 10
     subprocess.run(
         [str(BIN / "ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=4",
+         f"--metrics-export-port={metrics_port}",
          "--object-store-memory=400000000", "--disable-usage-stats"],
         check=True, env=env, timeout=180, capture_output=True,
     )
     os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
     ray.init(address=os.environ["RAY_ADDRESS"], logging_level="WARNING", log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    yield {"address": os.environ["RAY_ADDRESS"], "dashboard": f"http://127.0.0.1:{dashboard_port}", "env": env}
+    yield {"address": os.environ["RAY_ADDRESS"], "dashboard": f"http://127.0.0.1:{dashboard_port}", "env": env,
+           "metrics": f"127.0.0.1:{metrics_port}"}
     try:
         from ray import serve
 
@@ -101,3 +106,57 @@ def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "co
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def start_service(cmd: list[str], ready_url: str, log: Path, timeout: float = 60) -> subprocess.Popen:
+    """Start a server process (Prometheus, Alertmanager) and wait for its readiness URL."""
+    import httpx
+
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            return httpx.get(ready_url, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(ready, timeout, what=f"{cmd[0]} at {ready_url}")
+    return proc
+
+
+def stop_service(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def prometheus_binary() -> str:
+    """Debian's `prometheus` (`.ci/run` installs it); tests that need it fail, not skip, without it."""
+    import shutil
+
+    found = shutil.which("prometheus")
+    if found is None:
+        pytest.fail("prometheus is not installed: `apt-get install prometheus prometheus-alertmanager`")
+    return found
+
+
+@pytest.fixture(scope="session")
+def prometheus(ray_cluster, tmp_path_factory) -> str:
+    """A real Prometheus on loopback scraping this session's Ray metrics every second; yields its URL."""
+    import yaml
+
+    folder = tmp_path_factory.mktemp("prometheus")
+    port = free_port()
+    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+              "scrape_configs": [{"job_name": "ray", "static_configs": [{"targets": [ray_cluster["metrics"]]}]}]}
+    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
+    url = f"http://127.0.0.1:{port}"
+    proc = start_service([prometheus_binary(), f"--config.file={folder / 'prometheus.yml'}",
+                          f"--storage.tsdb.path={folder / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                         f"{url}/-/ready", folder / "prometheus.log")
+    yield url
+    stop_service(proc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
 import random
 import time
@@ -81,11 +82,15 @@ class ABRouter:
     """Ingress: picks a variant per request, calls it by handle, mirrors to the shadow, says who answered."""
 
     def __init__(self, variants: dict[str, DeploymentHandle], feedback_dir: str | None = None,
-                 feedback_flush_rows: int = 100, remembered_requests: int = 100_000):
+                 feedback_flush_rows: int = 100, remembered_requests: int = 100_000, admin_token: str | None = None):
         from ray.serve.metrics import Counter, Histogram
+
+        from ray_app.config import RuntimePaths
 
         self.variants = variants
         self.settings: RouterSettings | None = None
+        # Read in the replica, not passed through the deploy config, where the dashboard would show it.
+        self.admin_token = admin_token or RuntimePaths.resolve().admin_token
         self._shadow_tasks: set[asyncio.Task] = set()
         self.feedback = FeedbackLog(feedback_dir, feedback_flush_rows, remembered_requests)
         tags = ("experiment", "variant")
@@ -124,9 +129,12 @@ class ABRouter:
     async def __call__(self, request: Request) -> JSONResponse:
         if self.settings is None:
             return JSONResponse({"error": "router has no user_config yet"}, status_code=503)
+        path = request.url.path.rstrip("/")
+        if "/admin/" in f"{path}/":
+            return await self._admin(request, path.rsplit("/admin", 1)[1].strip("/"))
         if request.method != "POST":
             return JSONResponse({"error": "use POST with a JSON body"}, status_code=405)
-        if request.url.path.rstrip("/").endswith("/feedback"):
+        if path.endswith("/feedback"):
             return await self._feedback(request)
         start = time.perf_counter()
         try:
@@ -134,7 +142,11 @@ class ABRouter:
             variant = self._choose(request, payload)
         except RequestError as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.status)
-        status, body = await self.variants[variant].handle_payload.remote(payload)
+        try:
+            status, body = await self.variants[variant].handle_payload.remote(payload)
+        except Exception as exc:  # a crashed variant is that variant's error, counted and answered, not a router bug
+            logger.warning("variant %s failed: %s", variant, exc)
+            status, body = 500, {"error": f"variant {variant} failed: {type(exc).__name__}"}
         tags = {"experiment": self.settings.experiment, "variant": variant}
         self.requests.inc(tags=tags)
         self.latency.observe((time.perf_counter() - start) * 1000, tags=tags)
@@ -153,6 +165,36 @@ class ABRouter:
             self._shadow_tasks.add(task)  # keep a reference until done; its outcome never reaches the caller
             task.add_done_callback(self._shadow_tasks.discard)
         return JSONResponse({**body, "variant": variant}, status_code=status)
+
+    async def _admin(self, request: Request, route: str) -> JSONResponse:
+        """`GET|POST /admin/weights`: read or set this replica's weights (bearer token). A later `serve deploy`
+        of `user_config` replaces them; the rollout controller uses this route or Serve's REST API."""
+        if not self.admin_token:
+            return JSONResponse({"error": "admin routes are off: set RAY_APP_ADMIN_TOKEN where the router runs"},
+                                status_code=403)
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.admin_token}".encode()):
+            return JSONResponse({"error": "admin routes need 'Authorization: Bearer <token>'"}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        if route != "weights":
+            return JSONResponse({"error": f"no admin route {route!r}; try /admin/weights"}, status_code=404)
+        if request.method == "POST":
+            try:
+                payload = parse_body(await request.body())
+                if not isinstance(payload, dict):
+                    raise RequestError(422, 'expected {"weights": {"variant": weight, ...}}')
+                settings = RouterSettings.model_validate({**self.settings.model_dump(), **payload})
+                settings.check_names(set(self.variants))
+            except RequestError as exc:
+                return JSONResponse({"error": exc.message}, status_code=exc.status)
+            except ValueError as exc:
+                return JSONResponse({"error": str(exc)}, status_code=422)
+            self.settings = settings
+            logger.info("router %s: weights set by admin route to %s", settings.experiment, settings.weights)
+        elif request.method != "GET":
+            return JSONResponse({"error": "use GET or POST"}, status_code=405)
+        return JSONResponse({"experiment": self.settings.experiment, "weights": self.settings.weights,
+                             "shadow": self.settings.shadow, "shadow_fraction": self.settings.shadow_fraction})
 
     async def _mirror(self, shadow: str, payload: object, primary: list | None) -> None:
         tags = {"experiment": self.settings.experiment, "variant": shadow}
