@@ -186,6 +186,21 @@ def cmd_rollout(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
     return EXIT_OK if outcome.decision == "promoted" else EXIT_REJECTED
 
 
+def cmd_drift(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
+    from pathlib import Path
+
+    from ray_app.data.sources import read_frame, resolve_files
+    from ray_app.monitor.drift import compare_frames, write_report
+
+    reference, current = (read_frame(resolve_files(source)) for source in (args.reference, args.current))
+    report = compare_frames(reference, current, cfg.monitor)
+    written = write_report(report, reference, current, Path(args.output))
+    print(report.table())
+    print(f"drift: {len(report.drifted)} feature(s) drifted: {', '.join(report.drifted) or 'none'}; "
+          f"report in {', '.join(str(p) for p in written)}")
+    return EXIT_REJECTED if report.drifted else EXIT_OK
+
+
 def cmd_export(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
     from ray_app.data.preprocess import holdout_frame
     from ray_app.package import export_model, parity_error
@@ -211,11 +226,11 @@ def start_serving(model_uri: str, cfg: ExperimentConfig, paths: RuntimePaths, po
     """Run one model variant on Serve at http://127.0.0.1:<port>/ and return the predict URL."""
     from ray import serve
 
-    from ray_app.serve.app import VariantArgs, variant_app
+    from ray_app.serve.app import VariantArgs, build_single
 
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = variant_app(VariantArgs(model_uri=model_uri, tracking_uri=paths.tracking_uri, batching=batching,
-                                  **cfg.serve.model_dump()))
+    app = build_single(VariantArgs(model_uri=model_uri, tracking_uri=paths.tracking_uri, batching=batching,
+                                   monitor=cfg.monitor, **cfg.serve.model_dump()).model_dump())
     serve.run(app, name="model", route_prefix="/")
     return f"http://127.0.0.1:{port}/predict"
 
@@ -320,6 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     manual.add_argument("--promote", action="store_true", help="promote the challenger now (alias, weights, audit)")
     manual.add_argument("--abort", action="store_true", help="roll back now: all traffic to the champion, audited")
     p.add_argument("--reason", default="operator decision", help="why, for the audit log (with --promote/--abort)")
+    p = stage("drift", cmd_drift, "offline drift of one dataset against another: KS/chi-square with Bonferroni "
+                                  "and PSI; a table and a plot per drifted feature (exit 1 when any drifted)")
+    p.add_argument("--reference", required=True, help="Parquet/CSV file, folder or URI (e.g. the training data)")
+    p.add_argument("--current", required=True, help="Parquet/CSV file, folder or URI to compare")
+    p.add_argument("--output", default="drift-report", help="folder for report.md, report.json and PNGs")
     p = stage("export", cmd_export, "export a model to ONNX or TorchScript with its preprocessor; parity-checked")
     p.add_argument("--model-uri", required=True)
     p.add_argument("--format", choices=["onnx", "torchscript"], required=True)

@@ -237,6 +237,18 @@ class RolloutConfig(_Strict):
         return steps
 
 
+class MonitorConfig(_Strict):
+    """Live drift monitoring: window length, the drift test's thresholds, and how variants batch their rows."""
+
+    enabled: bool = True
+    window_s: float = Field(300.0, gt=0)
+    alpha: float = Field(0.01, gt=0, lt=1)      # family-wise, Bonferroni-corrected across features
+    min_effect: float = Field(0.1, ge=0)         # PSI floor: 0.1 moderate, 0.25 large
+    min_rows: int = Field(200, ge=1)             # a window with fewer rows is profiled but not judged
+    flush_rows: int = Field(256, ge=1)           # a variant profiles its buffer at this many rows ...
+    flush_s: float = Field(5.0, gt=0)            # ... or this often, off the request path
+
+
 class ExperimentConfig(_Strict):
     """The one object passed down through every stage."""
 
@@ -249,6 +261,7 @@ class ExperimentConfig(_Strict):
     gate: GateConfig = GateConfig()
     tune: TuneConfig = TuneConfig()
     rollout: RolloutConfig = RolloutConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ExperimentConfig:

@@ -45,7 +45,9 @@ def build_bundle(data: PreparedData, outcome: TrainOutcome) -> ModelBundle:
     """The ModelBundle of a finished run: weights, fitted preprocessor, schema, reference profile."""
     spec = data.spec
     categories = {col: sorted(map(str, data.raw["train"].unique(col))) for col in spec.categorical}
-    sample = data.raw["train"].limit(REFERENCE_ROWS).to_pandas()[spec.features]
+    sample = data.raw["train"].limit(REFERENCE_ROWS).to_pandas()[[*spec.features, spec.label]]
+    if spec.task == "classification":  # the monitor compares served class predictions with these, as text
+        sample[spec.label] = sample[spec.label].astype(str)
     return ModelBundle(
         mlp=outcome.mlp,
         state_dict=outcome.state_dict,

@@ -62,3 +62,44 @@ def column_stats(data: bytes) -> dict[str, dict[str, Any]]:
             entry["categories"] = sorted(str(item.value) for item in items)
         stats[str(name)] = entry
     return stats
+
+
+def merge_profiles(first: bytes | None, second: bytes) -> bytes:
+    """The union of two serialized profiles (window profiles merge batch by batch)."""
+    if first is None:
+        return second
+    return load_profile(first).merge(load_profile(second)).serialize()
+
+
+class ProfileReader:
+    """The sketches of one serialized profile as plain numbers, for drift tests that must not touch whylogs."""
+
+    def __init__(self, data: bytes):
+        self.view = load_profile(data)
+        self.columns = {str(name): column for name, column in self.view.get_columns().items()}
+
+    def rows(self, column: str) -> int:
+        summary = self.columns[column].to_summary_dict() if column in self.columns else {}
+        return int(summary.get("counts/n", 0)) - int(summary.get("counts/null", 0))
+
+    def _kll(self, column: str):
+        metric = self.columns[column].get_metric("distribution") if column in self.columns else None
+        sketch = metric.kll.value if metric is not None else None
+        return sketch if sketch is not None and not sketch.is_empty() else None
+
+    def quantiles(self, column: str, qs: list[float]) -> list[float] | None:
+        """Quantiles of a numeric column from its KLL sketch; None when the column has no numbers."""
+        sketch = self._kll(column)
+        return None if sketch is None else [float(v) for v in sketch.get_quantiles(qs)]
+
+    def cdf(self, column: str, points: list[float]) -> list[float] | None:
+        """P(X <= point) for each (sorted, distinct) point, from the KLL sketch."""
+        sketch = self._kll(column)
+        return None if sketch is None else [float(v) for v in sketch.get_cdf(points)[:-1]]
+
+    def counts(self, column: str) -> dict[str, float]:
+        """Estimated count of each value seen (frequent-items sketch; exact for a few hundred categories)."""
+        metric = self.columns[column].get_metric("frequent_items") if column in self.columns else None
+        if metric is None:
+            return {}
+        return {str(item.value): float(item.est) for item in metric.to_summary_dict()["frequent_strings"]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
-from ray_app.config import RuntimePaths, ServeSettings
+from ray_app.config import MonitorConfig, RuntimePaths, ServeSettings
 from ray_app.serve.variant import ModelVariant, RegistryLoader
 
 
@@ -23,23 +23,37 @@ class VariantArgs(BaseModel):
     max_rows: int = Field(1000, ge=1)
     max_batch_size: int = Field(32, ge=1)
     batch_wait_timeout_s: float = Field(0.005, ge=0)
+    monitor: MonitorConfig = MonitorConfig()
+    monitor_dir: str | None = None  # default: $RAY_APP_HOME/monitor
 
     def settings(self) -> ServeSettings:
         return ServeSettings(max_rows=self.max_rows, max_batch_size=self.max_batch_size,
                              batch_wait_timeout_s=self.batch_wait_timeout_s)
 
 
-def variant_app(args: VariantArgs, loader=None) -> Application:
-    """Bind one ModelVariant; without a loader it reads the MLflow registry."""
+def monitor_app(settings: MonitorConfig, folder: str | None = None) -> Application:
+    """The DriftMonitor that the variants of one app send their batch profiles to."""
+    from ray_app.monitor.service import DriftMonitor
+
+    return DriftMonitor.bind(folder or str(RuntimePaths.resolve().home / "monitor"), settings)
+
+
+def variant_app(args: VariantArgs, loader=None, monitor: Application | None = None) -> Application:
+    """Bind one ModelVariant; without a loader it reads the MLflow registry. With `monitor` (a bound
+    DriftMonitor) it profiles what it serves."""
     loader = loader or RegistryLoader(args.tracking_uri or RuntimePaths.resolve().tracking_uri)
     deployment = ModelVariant.options(name=f"variant-{args.variant}", num_replicas=args.num_replicas,
                                       ray_actor_options={"num_cpus": args.num_cpus})
-    return deployment.bind(args.model_uri, loader, args.settings(), args.variant, args.batching)
+    return deployment.bind(args.model_uri, loader, args.settings(), args.variant, args.batching, monitor,
+                           args.monitor)
 
 
 def build_single(args: dict) -> Application:
-    """`import_path: ray_app.serve.app:build_single`: one model behind one route."""
-    return variant_app(VariantArgs.model_validate(args))
+    """`import_path: ray_app.serve.app:build_single`: one model behind one route, monitored unless
+    `monitor: {enabled: false}`."""
+    parsed = VariantArgs.model_validate(args)
+    monitor = monitor_app(parsed.monitor, parsed.monitor_dir) if parsed.monitor.enabled else None
+    return variant_app(parsed, monitor=monitor)
 
 
 class ABArgs(BaseModel):
@@ -54,14 +68,18 @@ class ABArgs(BaseModel):
     batching: bool = True
     feedback_dir: str | None = None  # default: $RAY_APP_HOME/feedback
     feedback_flush_rows: int = Field(100, ge=1)
+    monitor: MonitorConfig = MonitorConfig()
+    monitor_dir: str | None = None  # default: $RAY_APP_HOME/monitor
 
 
 def ab_app(ab: ABArgs, user_config: dict | None = None) -> Application:
     """An ABRouter in front of one ModelVariant per model URI; without `user_config` the split is even."""
     from ray_app.serve.router import ABRouter
 
+    monitor = monitor_app(ab.monitor, ab.monitor_dir) if ab.monitor.enabled else None
     variants = {name: variant_app(VariantArgs(model_uri=uri, tracking_uri=ab.tracking_uri, variant=name,
-                                              num_cpus=ab.num_cpus, batching=ab.batching))
+                                              num_cpus=ab.num_cpus, batching=ab.batching, monitor=ab.monitor),
+                                  monitor=monitor)
                 for name, uri in ab.variants.items()}
     default = {"experiment": ab.experiment, "weights": {name: 1.0 for name in ab.variants}}
     feedback_dir = ab.feedback_dir or str(RuntimePaths.resolve().home / "feedback")

@@ -11,7 +11,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ray_app.config import ServeSettings
+from ray_app.config import MonitorConfig, ServeSettings
 from ray_app.package import ModelBundle
 from ray_app.registry import ModelRef, ModelRegistry
 from ray_app.serve.validation import RequestError, parse_body, validate_instances
@@ -44,8 +44,11 @@ class ModelVariant:
     """Answers `POST /predict` with `{"instances": [...]}`; `GET /schema` and `GET /healthz` describe it."""
 
     def __init__(self, model_uri: str, loader: BundleLoader, settings: ServeSettings | None = None,
-                 variant: str = "default", batching: bool = True):
+                 variant: str = "default", batching: bool = True, monitor=None,
+                 monitor_settings: MonitorConfig | None = None):
         import torch
+
+        from ray_app.monitor.live import LiveProfiler
 
         torch.set_num_threads(1)  # small MLPs: one thread per replica beats oversubscribing the cores
         self.bundle, self.ref = loader(model_uri)
@@ -53,6 +56,13 @@ class ModelVariant:
         self.settings = settings or ServeSettings()
         self._predict_batched.set_max_batch_size(self.settings.max_batch_size)
         self._predict_batched.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+        self.profiler = None
+        if monitor is not None and self.bundle.reference_profile is not None:
+            schema = self.bundle.schema
+            self.profiler = LiveProfiler(monitor, self.ref.name, variant, self.bundle.reference_profile,
+                                         {"numeric": schema.numeric, "categorical": list(schema.categorical),
+                                          "label": schema.label, "regression": schema.task == "regression"},
+                                         monitor_settings or MonitorConfig())
         logger.info("variant %s serving %s (%s)", variant, self.ref.uri, model_uri)
 
     def describe(self) -> dict:
@@ -96,4 +106,7 @@ class ModelVariant:
             rows = validate_instances(payload, self.bundle.schema, self.settings.max_rows)
         except RequestError as exc:
             return exc.status, {"error": exc.message}
-        return 200, {**await self.predict(rows), **self.describe()}
+        result = await self.predict(rows)
+        if self.profiler is not None:
+            self.profiler.observe(rows, result["predictions"])
+        return 200, {**result, **self.describe()}

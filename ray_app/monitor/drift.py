@@ -1,0 +1,157 @@
+"""Drift of a window (or a dataset) against the reference, from whylogs sketches.
+
+Numeric features: two-sample Kolmogorov-Smirnov on the CDFs of the two KLL sketches. Categorical features
+(and a classifier's predictions): chi-square goodness of fit of the window's counts to the reference shares.
+Both report PSI as the effect size. A feature drifts when its p-value is under alpha / (number of features
+tested) (Bonferroni) and its PSI is at least `min_effect`; a window with fewer than `min_rows` rows is not judged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ray_app.config import MonitorConfig
+from ray_app.monitor.profiles import ProfileReader, profile_frame
+
+GRID = list(np.linspace(0.0, 1.0, 101))
+PSI_BINS = [i / 10 for i in range(1, 10)]
+EPS = 1e-4
+PREDICTION = "prediction"
+
+
+@dataclass
+class FeatureDrift:
+    feature: str
+    kind: str  # numeric | categorical
+    test: str  # ks | chi2
+    statistic: float
+    p_value: float
+    effect_size: float  # PSI
+    rows: int
+    drifted: bool = False
+
+
+@dataclass
+class DriftReport:
+    rows: int
+    alpha: float
+    min_effect: float
+    judged: bool
+    features: list[FeatureDrift] = field(default_factory=list)
+
+    @property
+    def threshold(self) -> float:
+        return self.alpha / max(len(self.features), 1)
+
+    @property
+    def drifted(self) -> list[str]:
+        return [f.feature for f in self.features if f.drifted]
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "threshold": self.threshold, "drifted": self.drifted}
+
+    def table(self) -> str:
+        lines = [f"rows {self.rows}; p-value threshold {self.threshold:.2g} (alpha {self.alpha} / "
+                 f"{len(self.features)} features, Bonferroni); PSI floor {self.min_effect}",
+                 "| feature | kind | test | statistic | p-value | PSI | drifted |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {f.feature} | {f.kind} | {f.test} | {f.statistic:.4f} | {f.p_value:.3g} | {f.effect_size:.4f} | "
+                  f"{'YES' if f.drifted else 'no'} |" for f in self.features]
+        return "\n".join(lines)
+
+
+def psi(expected: np.ndarray, actual: np.ndarray) -> float:
+    """Population stability index of two distributions over the same bins."""
+    e, a = np.clip(expected, EPS, None), np.clip(actual, EPS, None)
+    e, a = e / e.sum(), a / a.sum()
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def numeric_drift(ref: ProfileReader, cur: ProfileReader, ref_col: str, cur_col: str) -> FeatureDrift | None:
+    ref_q, cur_q = ref.quantiles(ref_col, GRID), cur.quantiles(cur_col, GRID)
+    if ref_q is None or cur_q is None:
+        return None
+    points = sorted(set(ref_q) | set(cur_q))
+    distance = float(np.max(np.abs(np.array(ref.cdf(ref_col, points)) - np.array(cur.cdf(cur_col, points)))))
+    n, m = ref.rows(ref_col), cur.rows(cur_col)
+    p_value = float(stats.kstwo.sf(distance, max(1, round(n * m / (n + m)))))
+    edges = sorted(set(ref.quantiles(ref_col, PSI_BINS)))
+    shares = [np.diff([0.0, *r.cdf(c, edges), 1.0]) for r, c in ((ref, ref_col), (cur, cur_col))]
+    return FeatureDrift(cur_col, "numeric", "ks", distance, p_value, psi(*shares), m)
+
+
+def categorical_drift(ref: ProfileReader, cur: ProfileReader, ref_col: str, cur_col: str) -> FeatureDrift | None:
+    ref_counts, cur_counts = ref.counts(ref_col), cur.counts(cur_col)
+    if not ref_counts or not cur_counts:
+        return None
+    names = sorted(set(ref_counts) | set(cur_counts))
+    expected = np.array([ref_counts.get(k, 0.0) for k in names]) + 0.5  # unseen categories: a pseudo-count
+    observed = np.array([cur_counts.get(k, 0.0) for k in names])
+    expected = expected / expected.sum() * observed.sum()
+    statistic, p_value = stats.chisquare(observed, expected)
+    return FeatureDrift(cur_col, "categorical", "chi2", float(statistic), float(p_value), psi(expected, observed),
+                        int(observed.sum()))
+
+
+def compare_profiles(reference: bytes, current: bytes, numeric: list[str], categorical: list[str],
+                     settings: MonitorConfig, label: str | None = None, regression: bool = False) -> DriftReport:
+    """Every feature (and `prediction` against the reference's `label`, when both are there) of `current`
+    against `reference`."""
+    ref, cur = ProfileReader(reference), ProfileReader(current)
+    pairs = [(c, c, numeric_drift) for c in numeric] + [(c, c, categorical_drift) for c in categorical]
+    if label and label in ref.columns and PREDICTION in cur.columns:
+        pairs.append((label, PREDICTION, numeric_drift if regression else categorical_drift))
+    rows = max((cur.rows(c) for _, c, _ in pairs if c in cur.columns), default=0)
+    report = DriftReport(rows, settings.alpha, settings.min_effect, rows >= settings.min_rows)
+    report.features = [d for r, c, test in pairs if c in cur.columns and (d := test(ref, cur, r, c)) is not None]
+    if report.judged:
+        for f in report.features:
+            f.drifted = f.p_value < report.threshold and f.effect_size >= settings.min_effect
+    return report
+
+
+def compare_frames(reference: pd.DataFrame, current: pd.DataFrame, settings: MonitorConfig) -> DriftReport:
+    """Offline drift of two datasets: numeric columns by KS, the others by chi-square."""
+    columns = [c for c in reference.columns if c in current.columns]
+    numeric = [c for c in columns if pd.api.types.is_numeric_dtype(reference[c])]
+    categorical = [c for c in columns if c not in numeric]
+    as_text = {c: str for c in categorical}
+    return compare_profiles(profile_frame(reference[columns].astype(as_text)),
+                            profile_frame(current[columns].astype(as_text)), numeric, categorical, settings)
+
+
+def write_report(report: DriftReport, reference: pd.DataFrame, current: pd.DataFrame, folder: Path) -> list[Path]:
+    """report.json, report.md and one PNG per drifted feature (reference vs current)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps(report.to_dict(), indent=1))
+    (folder / "report.md").write_text(report.table() + "\n")
+    written = [folder / "report.json", folder / "report.md"]
+    for f in report.features:
+        if not f.drifted:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        if f.kind == "numeric":
+            bins = np.histogram_bin_edges(pd.concat([reference[f.feature], current[f.feature]]).dropna(), 30)
+            ax.hist(reference[f.feature].dropna(), bins, alpha=0.5, density=True, label="reference")
+            ax.hist(current[f.feature].dropna(), bins, alpha=0.5, density=True, label="current")
+        else:
+            shares = pd.DataFrame({"reference": reference[f.feature].astype(str).value_counts(normalize=True),
+                                   "current": current[f.feature].astype(str).value_counts(normalize=True)})
+            shares.fillna(0).plot.bar(ax=ax)
+        ax.set_title(f"{f.feature}: {f.test} p={f.p_value:.2g}, PSI={f.effect_size:.3f}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(folder / f"drift_{f.feature}.png", dpi=80)
+        plt.close(fig)
+        written.append(folder / f"drift_{f.feature}.png")
+    return written

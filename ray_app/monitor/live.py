@@ -1,0 +1,66 @@
+"""`LiveProfiler`: what a model variant keeps of the rows it serves, profiled in batches off the request path."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pandas as pd
+
+from ray_app.config import MonitorConfig
+from ray_app.monitor.drift import PREDICTION
+from ray_app.monitor.profiles import profile_frame
+
+logger = logging.getLogger("ray.serve")
+
+
+class LiveProfiler:
+    """Buffers (rows, predictions); every `flush_rows` rows or `flush_s` seconds, profiles them in a thread and
+    sends the profile to the DriftMonitor. Observing costs the request one list append."""
+
+    def __init__(self, monitor, model: str, variant: str, reference: bytes, schema: dict, settings: MonitorConfig):
+        self.monitor, self.model, self.variant, self.settings = monitor, model, variant, settings
+        self.reference, self.schema = reference, schema
+        self.pending: list[tuple[pd.DataFrame, list]] = []
+        self.rows = 0
+        self.registered = False
+        self.task: asyncio.Task | None = None
+        self._flushing = False
+        self._tasks: set[asyncio.Task] = set()
+
+    def observe(self, rows: pd.DataFrame, predictions: list) -> None:
+        self.pending.append((rows, predictions))
+        self.rows += len(rows)
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._run())
+        elif self.rows >= self.settings.flush_rows and not self._flushing:
+            task = asyncio.get_running_loop().create_task(self.flush())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.flush_s)
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self.pending or self._flushing:
+            return
+        self._flushing = True
+        batch, self.pending, rows, self.rows = self.pending, [], self.rows, 0
+        try:
+            if not self.registered:
+                await self.monitor.register.remote(self.model, self.variant, self.reference, self.schema)
+                self.registered = True
+            profile = await asyncio.to_thread(self._profile, batch)
+            await self.monitor.merge.remote(self.model, self.variant, profile, rows)
+        except Exception:  # monitoring must never break serving; the batch is lost and logged
+            logger.exception("monitor: dropped a batch of %d rows from %s/%s", rows, self.model, self.variant)
+        finally:
+            self._flushing = False
+
+    def _profile(self, batch: list[tuple[pd.DataFrame, list]]) -> bytes:
+        frame = pd.concat([rows for rows, _ in batch], ignore_index=True)
+        predictions = [p for _, preds in batch for p in preds]
+        frame[PREDICTION] = predictions if self.schema.get("regression") else [str(p) for p in predictions]
+        return profile_frame(frame)
