@@ -93,6 +93,23 @@ class _MlflowEpochLogger:
         self.client.log_batch(self.run_id, metrics=rows)
 
 
+class _EpochGauges:
+    """Rank 0's last epoch as Ray metrics (`ray_train_epoch`, `ray_train_metric`) for the training dashboard."""
+
+    def __init__(self, run: str):
+        from ray.util.metrics import Gauge
+
+        self.run = run
+        self.epoch = Gauge("train_epoch", "last finished epoch of a training run or tuning trial", tag_keys=("run",))
+        self.value = Gauge("train_metric", "metrics of the last finished epoch", tag_keys=("run", "metric"))
+
+    def set(self, metrics: dict) -> None:
+        self.epoch.set(metrics["epoch"], tags={"run": self.run})
+        for name, value in metrics.items():
+            if name.startswith(("train_loss", "val_")) and np.isfinite(value):
+                self.value.set(float(value), tags={"run": self.run, "metric": name})
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Train the MLP on this worker's shard; restore from the last checkpoint if Ray Train hands one."""
     import ray.data
@@ -120,6 +137,8 @@ def train_loop_per_worker(config: dict) -> None:
     logger = None
     if rank == 0 and settings.tracking_uri and settings.mlflow_run_id:
         logger = _MlflowEpochLogger(settings.tracking_uri, settings.mlflow_run_id)
+    run = settings.mlflow_run_id or ray.train.get_context().get_experiment_name()
+    gauges = _EpochGauges(run) if rank == 0 else None
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     dtypes = {FEATURES_COLUMN: torch.float32,
@@ -143,3 +162,5 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(metrics, checkpoint=saved)
         if logger is not None:
             logger.log(metrics, step=epoch)
+        if gauges is not None:
+            gauges.set(metrics)
