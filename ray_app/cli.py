@@ -152,7 +152,7 @@ def cmd_pipeline(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
     from ray_app.pipeline import run_pipeline
 
     connect_ray(paths)
-    code = run_pipeline(cfg, paths)
+    code = run_pipeline(cfg, paths, canary=args.canary)
     print(f"pipeline: {'PROMOTED' if code == EXIT_OK else 'REJECTED'} (exit {code})")
     return code
 
@@ -199,6 +199,13 @@ def cmd_drift(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
     print(f"drift: {len(report.drifted)} feature(s) drifted: {', '.join(report.drifted) or 'none'}; "
           f"report in {', '.join(str(p) for p in written)}")
     return EXIT_REJECTED if report.drifted else EXIT_OK
+
+
+def cmd_webhook(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
+    from ray_app.monitor.webhook import serve_webhook
+
+    serve_webhook(paths, args.spec, args.host, args.port)
+    return EXIT_OK
 
 
 def cmd_export(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
@@ -325,7 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("gate", cmd_gate, "model gate: challenger vs champion on the holdout; promote if better (exit 0/1/2)")
     p.add_argument("--challenger", required=True, help="e.g. models:/ray-app-model@challenger")
     p.add_argument("--no-promote", action="store_true", help="report only; move no alias, write no audit")
-    stage("pipeline", cmd_pipeline, "validate -> train -> gate -> promote; exits at the first failed gate")
+    p = stage("pipeline", cmd_pipeline, "validate -> train -> gate -> promote; exits at the first failed gate")
+    p.add_argument("--canary", action="store_true", help="a challenger that passes the gate goes through a canary "
+                                                         "rollout (the spec's rollout section) instead of promotion")
     p = stage("rollback", cmd_rollback, "move champion back to the previous version, with an audit record")
     p.add_argument("--model-name", help="registered model name (default: the spec's registry.model_name)")
     p.add_argument("--reason", default="manual rollback", help="why, for the audit log")
@@ -340,6 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", required=True, help="Parquet/CSV file, folder or URI (e.g. the training data)")
     p.add_argument("--current", required=True, help="Parquet/CSV file, folder or URI to compare")
     p.add_argument("--output", default="drift-report", help="folder for report.md, report.json and PNGs")
+    p = stage("webhook", cmd_webhook, "Alertmanager webhook: a drift alert labelled action=retrain submits "
+                                      "`ray-app pipeline --canary` as a Ray job (bearer RAY_APP_ADMIN_TOKEN)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9095)
     p = stage("export", cmd_export, "export a model to ONNX or TorchScript with its preprocessor; parity-checked")
     p.add_argument("--model-uri", required=True)
     p.add_argument("--format", choices=["onnx", "torchscript"], required=True)

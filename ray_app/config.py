@@ -40,6 +40,7 @@ class DataConfig(_Strict):
     holdout_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     seed: int = 0
     synthetic: SyntheticConfig = SyntheticConfig()
+    feedback: str | None = None  # labelled rows from the router's /feedback (Parquet folder), appended if present
 
 
 class ModelConfig(_Strict):

@@ -154,8 +154,9 @@ def gate_and_promote(cfg: ExperimentConfig, paths: RuntimePaths, challenger_uri:
     return report, EXIT_PROMOTED if promoted else EXIT_REJECTED
 
 
-def run_pipeline(cfg: ExperimentConfig, paths: RuntimePaths, log=print) -> int:
-    """validate → train → gate → promote, stopping at the first failed gate with its exit code."""
+def run_pipeline(cfg: ExperimentConfig, paths: RuntimePaths, log=print, canary: bool = False) -> int:
+    """validate → train → gate → promote, stopping at the first failed gate with its exit code. With `canary`,
+    a challenger that passes the gate is not promoted here: a canary rollout (`cfg.rollout`) decides."""
     data_report = run_data_gate(cfg, paths)
     log(data_report.render())
     if not data_report.passed:
@@ -163,6 +164,18 @@ def run_pipeline(cfg: ExperimentConfig, paths: RuntimePaths, log=print) -> int:
     report = run_training(cfg, paths)
     ModelRegistry(paths.tracking_uri).set_alias(report.model.name, "challenger", report.model.version)
     log(f"trained {report.model.uri} (challenger): holdout {report.holdout}")
-    gate_report, code = gate_and_promote(cfg, paths, report.model.uri)
+    if not canary:
+        gate_report, code = gate_and_promote(cfg, paths, report.model.uri)
+        log(gate_report.render())
+        return code
+    from ray_app.rollout import RolloutController
+
+    gate_report, ref = run_gate(cfg, paths, report.model.uri)
     log(gate_report.render())
-    return code
+    if not gate_report.passed:
+        promote_if_better(ModelRegistry(paths.tracking_uri), gate_report, ref.name, ref.version, paths.audit_log,
+                          paths.actor)  # records the rejection
+        return EXIT_REJECTED
+    outcome = RolloutController(cfg, paths).run()
+    log(f"canary rollout of {ref.uri}: {outcome.decision} ({outcome.reason})")
+    return EXIT_PROMOTED if outcome.decision == "promoted" else EXIT_REJECTED

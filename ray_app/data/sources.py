@@ -124,9 +124,29 @@ def resolve_files(source: str) -> list[str]:
 
 def source_files(cfg: DataConfig, data_dir: Path) -> list[str]:
     """The files behind a data config: a built-in set is written to Parquet first."""
-    if cfg.source in BUILTIN_SETS:
-        return [str(materialize_builtin(cfg, data_dir))]
-    return resolve_files(cfg.source)
+    files = [str(materialize_builtin(cfg, data_dir))] if cfg.source in BUILTIN_SETS else resolve_files(cfg.source)
+    return with_feedback(files, cfg.feedback, Path(data_dir)) if cfg.feedback else files
+
+
+def with_feedback(files: list[str], feedback: str, data_dir: Path) -> list[str]:
+    """The data plus the labelled feedback rows, as one Parquet file named by its content (so its version
+    changes with the feedback). No feedback yet: the data alone."""
+    try:
+        extra = read_frame(resolve_files(feedback))
+    except DataSourceError:
+        return files
+    base = read_frame(files)
+    missing = sorted(set(base.columns) - set(extra.columns))
+    if missing:
+        raise DataSourceError(f"feedback rows in {feedback} lack column(s) {', '.join(missing)}")
+    extra = extra[list(base.columns)].astype(base.dtypes.to_dict())
+    merged = pd.concat([base, extra], ignore_index=True)
+    digest = hashlib.sha256(pd.util.hash_pandas_object(merged, index=False).values.tobytes()).hexdigest()[:16]
+    path = data_dir / f"with-feedback-{digest}.parquet"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        merged.to_parquet(path, index=False)
+    return [str(path)]
 
 
 def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:

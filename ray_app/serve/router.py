@@ -83,7 +83,7 @@ class ABRouter:
 
     def __init__(self, variants: dict[str, DeploymentHandle], feedback_dir: str | None = None,
                  feedback_flush_rows: int = 100, remembered_requests: int = 100_000, admin_token: str | None = None):
-        from ray.serve.metrics import Counter, Histogram
+        from ray.serve.metrics import Counter, Gauge, Histogram
 
         from ray_app.config import RuntimePaths
 
@@ -104,6 +104,8 @@ class ABRouter:
                                       tag_keys=(*tags, "outcome"))
         self.labelled = Counter("ab_feedback", description="labelled predictions: correct or wrong (classification)",
                                 tag_keys=(*tags, "outcome"))
+        self.weight = Gauge("ab_weight", description="configured share of traffic, percent (the rollout step)",
+                            tag_keys=tags)
         self.label_error = Histogram("ab_feedback_abs_error", description="absolute error of labelled predictions "
                                      "(regression)", boundaries=[0.1, 0.5, 1, 2, 5, 10, 20, 50, 100], tag_keys=tags)
 
@@ -111,8 +113,15 @@ class ABRouter:
         """Serve calls this with `user_config`; a bad config fails the update and the old one keeps serving."""
         settings = RouterSettings.model_validate(config)
         settings.check_names(set(self.variants))
-        self.settings = settings
+        self._apply(settings)
         logger.info("router %s: weights %s, shadow %s", settings.experiment, settings.weights, settings.shadow)
+
+    def _apply(self, settings: RouterSettings) -> None:
+        self.settings = settings
+        total = sum(settings.weights.values())
+        for name in self.variants:
+            self.weight.set(100 * settings.weights.get(name, 0) / total,
+                            tags={"experiment": settings.experiment, "variant": name})
 
     def _choose(self, request: Request, payload: object) -> str:
         forced = request.headers.get(self.settings.force_header)
@@ -189,7 +198,7 @@ class ABRouter:
                 return JSONResponse({"error": exc.message}, status_code=exc.status)
             except ValueError as exc:
                 return JSONResponse({"error": str(exc)}, status_code=422)
-            self.settings = settings
+            self._apply(settings)
             logger.info("router %s: weights set by admin route to %s", settings.experiment, settings.weights)
         elif request.method != "GET":
             return JSONResponse({"error": "use GET or POST"}, status_code=405)

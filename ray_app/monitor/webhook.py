@@ -1,0 +1,123 @@
+"""The Alertmanager webhook that closes the loop: a drift alert labelled `action=retrain` submits
+`ray-app pipeline --canary` as a Ray job, with the stored feedback rows added to the training data.
+
+Alertmanager re-sends a group until it resolves, so an alert is acted on once per (fingerprint, startsAt), and
+no job is submitted while the previous retrain still runs. Run it with `ray-app webhook` (bearer token from
+RAY_APP_ADMIN_TOKEN).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import shlex
+import threading
+import time
+from pathlib import Path
+
+from ray_app.config import RuntimePaths
+
+logger = logging.getLogger(__name__)
+ACTIVE = {"PENDING", "RUNNING"}
+
+
+class RayJobs:
+    """Submits and inspects jobs through the Ray Jobs API on the dashboard."""
+
+    def __init__(self, dashboard_url: str):
+        from ray.job_submission import JobSubmissionClient
+
+        self.client = JobSubmissionClient(dashboard_url)
+
+    def submit(self, entrypoint: str, metadata: dict[str, str]) -> str:
+        return self.client.submit_job(entrypoint=entrypoint, metadata=metadata)
+
+    def status(self, job_id: str) -> str:
+        return str(self.client.get_job_status(job_id).value)
+
+
+class RetrainWebhook:
+    """Decides what to do with one Alertmanager payload; `handle` returns (HTTP status, body)."""
+
+    def __init__(self, paths: RuntimePaths, spec: str | None = None, jobs: RayJobs | None = None):
+        self.paths, self.spec = paths, spec
+        self.jobs = jobs or RayJobs(paths.dashboard_url)
+        self.folder = paths.home / "webhook"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.seen_file, self.last_job_file = self.folder / "seen.jsonl", self.folder / "last_job.json"
+        self.seen = {tuple(json.loads(line)) for line in self._lines(self.seen_file)}
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def _lines(path: Path) -> list[str]:
+        return [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+    def entrypoint(self) -> str:
+        parts = ["ray-app", "pipeline", "--canary", "--set", f"data.feedback={self.paths.home / 'feedback'}"]
+        if self.spec:
+            parts += ["--spec", self.spec]
+        return shlex.join(parts)
+
+    def running_job(self) -> str | None:
+        if not self.last_job_file.exists():
+            return None
+        job_id = json.loads(self.last_job_file.read_text())["job_id"]
+        return job_id if self.jobs.status(job_id) in ACTIVE else None
+
+    def handle(self, payload: object) -> tuple[int, dict]:
+        if not isinstance(payload, dict) or not isinstance(payload.get("alerts"), list):
+            return 422, {"error": "expected an Alertmanager webhook payload with an 'alerts' list"}
+        wanted = [a for a in payload["alerts"] if isinstance(a, dict) and a.get("status") == "firing"
+                  and (a.get("labels") or {}).get("action") == "retrain"]
+        with self.lock:
+            new = [a for a in wanted if (a.get("fingerprint"), a.get("startsAt")) not in self.seen]
+            if not new:
+                return 200, {"status": "nothing new", "alerts": len(wanted)}
+            running = self.running_job()
+            if running:
+                return 409, {"status": "a retrain is running", "job_id": running}
+            names = sorted({a["labels"].get("alertname", "?") for a in new})
+            job_id = self.jobs.submit(self.entrypoint(), {"trigger": "alertmanager", "alerts": ",".join(names)})
+            with self.seen_file.open("a") as fh:
+                for a in new:
+                    key = (a.get("fingerprint"), a.get("startsAt"))
+                    self.seen.add(key)
+                    fh.write(json.dumps(key) + "\n")
+            self.last_job_file.write_text(json.dumps({"job_id": job_id, "submitted": time.time(), "alerts": names}))
+        logger.info("retrain job %s submitted for %s", job_id, names)
+        return 202, {"status": "submitted", "job_id": job_id, "alerts": names}
+
+
+def webhook_app(webhook: RetrainWebhook, token: str):
+    """The Starlette app: `POST /alerts` (bearer token), `GET /healthz`."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def alerts(request: Request) -> JSONResponse:
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+            return JSONResponse({"error": "needs 'Authorization: Bearer <token>'"}, status_code=401)
+        try:
+            payload = json.loads(await request.body())
+        except ValueError:
+            return JSONResponse({"error": "body is not JSON"}, status_code=400)
+        status, body = await asyncio.to_thread(webhook.handle, payload)
+        return JSONResponse(body, status_code=status)
+
+    async def health(_: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(routes=[Route("/alerts", alerts, methods=["POST"]), Route("/healthz", health)])
+
+
+def serve_webhook(paths: RuntimePaths, spec: str | None, host: str, port: int) -> None:
+    """Run the webhook until interrupted."""
+    import uvicorn
+
+    if not paths.admin_token:
+        raise ValueError("set RAY_APP_ADMIN_TOKEN: the webhook accepts only requests that carry it")
+    uvicorn.run(webhook_app(RetrainWebhook(paths, spec), paths.admin_token), host=host, port=port, log_level="info")
