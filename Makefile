@@ -1,10 +1,10 @@
-# make install · demo · test · bench · lint · cluster-up · cluster-down
+# make install · demo · test · bench · lint · cluster-up · cluster-down · monitor-up · monitor-down
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast bench lint cluster-up cluster-down clean
+.PHONY: install system-deps demo test test-fast bench lint cluster-up cluster-down monitor-up monitor-down clean
 
 install: $(STAMP)
 
@@ -16,13 +16,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# Prometheus, promtool, Alertmanager and amtool from Debian: the rule tests and the alerting end-to-end test use them.
+system-deps:
+	@command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    prometheus prometheus-alertmanager >/dev/null; }
+
 demo: install
 	$(VENV)/bin/ray-app demo --spec tuning/default.yaml
 
 lint: install
 	$(VENV)/bin/ruff check .
 
-test: install lint
+test: install system-deps lint
 	RAY_AUTH_MODE=token $(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install
@@ -39,5 +46,24 @@ cluster-up: install
 cluster-down:
 	-$(VENV)/bin/ray stop
 
+# Prometheus (scrapes Ray's service-discovery file; rules in cluster/prometheus/rules) on 127.0.0.1:9090 and
+# Alertmanager on 127.0.0.1:9093, routing retrain alerts to `ray-app webhook` on :9095 with RAY_APP_ADMIN_TOKEN.
+RUN := .run
+monitor-up: system-deps
+	@test -n "$$RAY_APP_ADMIN_TOKEN" || { echo "set RAY_APP_ADMIN_TOKEN (the webhook's bearer token)"; exit 1; }
+	mkdir -p $(RUN)
+	umask 077 && printf %s "$$RAY_APP_ADMIN_TOKEN" > cluster/alertmanager/webhook_token
+	nohup prometheus --config.file=cluster/prometheus/prometheus.yml --storage.tsdb.path=$(RUN)/prometheus \
+	  --web.listen-address=127.0.0.1:9090 > $(RUN)/prometheus.log 2>&1 & echo $$! > $(RUN)/prometheus.pid
+	nohup prometheus-alertmanager --config.file=cluster/alertmanager/alertmanager.yml \
+	  --storage.path=$(RUN)/alertmanager --web.listen-address=127.0.0.1:9093 --cluster.listen-address= \
+	  > $(RUN)/alertmanager.log 2>&1 & echo $$! > $(RUN)/alertmanager.pid
+	@echo "Prometheus http://127.0.0.1:9090  Alertmanager http://127.0.0.1:9093  (logs in $(RUN)/)"
+	@echo "then: $(VENV)/bin/ray-app webhook --spec tuning/default.yaml   (retrains on drift alerts)"
+
+monitor-down:
+	-kill $$(cat $(RUN)/prometheus.pid $(RUN)/alertmanager.pid 2>/dev/null) 2>/dev/null
+	rm -f $(RUN)/*.pid
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache bench/out
+	rm -rf $(VENV) .pytest_cache .ruff_cache bench/out $(RUN)

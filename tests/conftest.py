@@ -134,13 +134,14 @@ def stop_service(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-def prometheus_binary() -> str:
-    """Debian's `prometheus` (`.ci/run` installs it); tests that need it fail, not skip, without it."""
+def tool(name: str) -> str:
+    """A Debian binary (`prometheus`, `promtool`, `prometheus-alertmanager`, `amtool`; `make test` installs them).
+    Tests that need one fail, not skip, without it."""
     import shutil
 
-    found = shutil.which("prometheus")
+    found = shutil.which(name)
     if found is None:
-        pytest.fail("prometheus is not installed: `apt-get install prometheus prometheus-alertmanager`")
+        pytest.fail(f"{name} is not installed: `apt-get install prometheus prometheus-alertmanager`")
     return found
 
 
@@ -155,7 +156,7 @@ def prometheus(ray_cluster, tmp_path_factory) -> str:
               "scrape_configs": [{"job_name": "ray", "static_configs": [{"targets": [ray_cluster["metrics"]]}]}]}
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
     url = f"http://127.0.0.1:{port}"
-    proc = start_service([prometheus_binary(), f"--config.file={folder / 'prometheus.yml'}",
+    proc = start_service([tool("prometheus"), f"--config.file={folder / 'prometheus.yml'}",
                           f"--storage.tsdb.path={folder / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
                          f"{url}/-/ready", folder / "prometheus.log")
     yield url

@@ -10,18 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import tool
+
 ROOT = Path(__file__).resolve().parents[2]
 PROM = ROOT / "cluster" / "prometheus"
 DASHBOARDS = sorted((ROOT / "cluster" / "grafana" / "dashboards").glob("*.json"))
 # Ray's own Serve metric that the serving dashboard also shows (seen on a Ray 2.60 scrape).
 RAY_BUILTIN = {"ray_serve_num_http_requests_total"}
-
-
-def tool(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} is not installed: `apt-get install prometheus prometheus-alertmanager`")
-    return found
 
 
 def promtool(*args: str, cwd: Path = PROM / "rules") -> subprocess.CompletedProcess:

@@ -1,0 +1,132 @@
+"""The whole loop on loopback: served traffic drifts, the DriftMonitor exports it, a real Prometheus alerts, a real
+Alertmanager calls the webhook, and the webhook submits one retraining job to the Ray Jobs API.
+
+Windows are 2 s and the alert's `for` is 4 s here (the shipped rules say 10m for 300 s windows): the rules
+themselves are the shipped ones with their durations scaled.
+"""
+
+import shutil
+import threading
+import time
+
+import httpx
+import pandas as pd
+import pytest
+import yaml
+from ray import serve
+
+from ray_app.config import MonitorConfig
+from ray_app.monitor.exporter import EXPORTED
+from ray_app.monitor.webhook import RayJobs, RetrainWebhook, webhook_app
+from ray_app.serve.app import VariantArgs, monitor_app, variant_app
+from tests.conftest import ADMIN_TOKEN, ROOT, SERVE_PORT, free_port, start_service, stop_service, tool, wait_until
+
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
+
+
+@pytest.fixture
+def alerting(ray_cluster, paths, tmp_path):
+    """Prometheus (shipped drift rules, durations scaled) -> Alertmanager (shipped route) -> the retrain webhook."""
+    import uvicorn
+
+    prom_port, am_port, hook_port = free_port(), free_port(), free_port()
+    rules = (ROOT / "cluster" / "prometheus" / "rules" / "drift.yml").read_text().replace("for: 10m", "for: 4s")
+    (tmp_path / "drift.yml").write_text(rules)
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(tmp_path / "drift.yml")],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
+        "scrape_configs": [{"job_name": "ray", "static_configs": [{"targets": [ray_cluster["metrics"]]}]}]}))
+    am = yaml.safe_load((ROOT / "cluster" / "alertmanager" / "alertmanager.yml").read_text())
+    am["route"].update(group_wait="1s", group_interval="2s", repeat_interval="3s")  # re-sends, to be de-duplicated
+    am["receivers"][1]["webhook_configs"][0]["url"] = f"http://127.0.0.1:{hook_port}/alerts"
+    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(am))
+    (tmp_path / "webhook_token").write_text(ADMIN_TOKEN)
+
+    webhook = RetrainWebhook(paths, jobs=RayJobs(ray_cluster["dashboard"]))
+    calls: list[int] = []
+    app = webhook_app(webhook, ADMIN_TOKEN)
+
+    async def counting(scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == "/alerts":
+            calls.append(1)
+        await app(scope, receive, send)
+
+    server = uvicorn.Server(uvicorn.Config(counting, host="127.0.0.1", port=hook_port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: _up(f"http://127.0.0.1:{hook_port}/healthz"), 30, what="the webhook")
+    am_proc = start_service([tool("prometheus-alertmanager"), f"--config.file={tmp_path / 'alertmanager.yml'}",
+                             f"--storage.path={tmp_path / 'am'}", f"--web.listen-address=127.0.0.1:{am_port}",
+                             "--cluster.listen-address="], f"http://127.0.0.1:{am_port}/-/ready",
+                            tmp_path / "alertmanager.log")
+    prom_proc = start_service([tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
+                               f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                               f"--web.listen-address=127.0.0.1:{prom_port}"],
+                              f"http://127.0.0.1:{prom_port}/-/ready", tmp_path / "prometheus.log")
+    yield {"prometheus": f"http://127.0.0.1:{prom_port}", "webhook": webhook, "calls": calls}
+    stop_service(prom_proc)
+    stop_service(am_proc)
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _alerts(prometheus: str, state: str) -> list[dict]:
+    alerts = httpx.get(f"{prometheus}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+    return [a for a in alerts if a["labels"]["alertname"] == "FeatureDriftPersistent" and a["state"] == state]
+
+
+def test_injected_drift_reaches_the_webhook_once_and_submits_one_retraining_job(champion, alerting, paths, tmp_path):
+    settings = MonitorConfig(window_s=2, flush_rows=25, flush_s=0.25, min_rows=50)
+    args = VariantArgs(model_uri=champion.model.uri, tracking_uri=paths.tracking_uri, variant="live",
+                       monitor=settings)
+    serve.run(variant_app(args, monitor=monitor_app(settings, str(tmp_path / "monitor"))), name="loop",
+              route_prefix="/loop")
+    url = f"http://127.0.0.1:{SERVE_PORT}/loop"
+    from ray_app.registry import ModelRegistry
+
+    bundle, _ = ModelRegistry(paths.tracking_uri).load_bundle(champion.model.uri)
+    data = pd.read_parquet(bundle.dataset_version["files"][0])[bundle.schema.features]
+    shifted = data.assign(x0=data["x0"] + 3 * data["x0"].std())
+    jobs, stop, phase = RayJobs(paths.dashboard_url), threading.Event(), {"frame": data}
+
+    def traffic() -> None:
+        with httpx.Client(timeout=30) as client:
+            i = 0
+            while not stop.is_set():
+                chunk = phase["frame"].iloc[(i * 20) % 2000:(i * 20) % 2000 + 20]
+                client.post(url, json={"instances": chunk.to_dict(orient="records")})
+                i += 1
+
+    sender = threading.Thread(target=traffic)
+    sender.start()
+    try:
+        time.sleep(10)  # five stationary windows: no alert, no job
+        assert not _alerts(alerting["prometheus"], "firing") and not _alerts(alerting["prometheus"], "pending")
+        assert alerting["calls"] == []
+        phase["frame"] = shifted
+        wait_until(lambda: (paths.home / "webhook" / "last_job.json").exists(), 120, what="a retraining job")
+        time.sleep(8)  # Alertmanager re-sends the firing group every few seconds meanwhile
+        names = set(httpx.get(f"{alerting['prometheus']}/api/v1/label/__name__/values", timeout=10).json()["data"])
+    finally:
+        stop.set()
+        sender.join(timeout=60)
+        serve.delete("loop")
+    submitted = [j for j in jobs.client.list_jobs() if (j.metadata or {}).get("trigger") == "alertmanager"]
+    for job in submitted:
+        jobs.client.stop_job(job.submission_id)
+    assert len(submitted) == 1, submitted
+    assert "pipeline --canary" in submitted[0].entrypoint and "data.feedback=" in submitted[0].entrypoint
+    assert len(alerting["calls"]) >= 2, "Alertmanager should have re-sent the group at least once"
+    firing = _alerts(alerting["prometheus"], "firing")
+    assert "x0" in {a["labels"]["feature"] for a in firing}, firing
+    assert {a["labels"]["feature"] for a in firing} <= {"x0", "prediction"}  # the other features never drifted
+    assert set(EXPORTED) <= names and "ray_ab_requests_total" not in EXPORTED
+    shutil.rmtree(tmp_path / "monitor", ignore_errors=True)
