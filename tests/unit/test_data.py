@@ -13,6 +13,7 @@ from ray_app.data.sources import (
     infer_spec,
     materialize_builtin,
     resolve_files,
+    source_files,
     synthetic_frame,
 )
 
@@ -110,3 +111,22 @@ def test_folds_partition_rows_deterministically():
     splits = assign_splits(frame, seed=0, val_fraction=0.15, holdout_fraction=0.15)
     # folds are drawn independently of the split, so every fold has rows of every split
     assert all(((folds == f) & (splits == "holdout")).any() for f in range(5))
+
+
+def test_feedback_rows_join_the_data_as_a_new_version(tmp_path):
+    base = pd.DataFrame({"x": [0.1, 0.2, 0.3], "c": ["a", "b", "a"], "label": [0, 1, 0]})
+    base.to_parquet(tmp_path / "train.parquet", index=False)
+    files = [str(tmp_path / "train.parquet")]
+    assert source_files(DataConfig(source=files[0], feedback=str(tmp_path / "none")), tmp_path) == files
+    folder = tmp_path / "feedback"
+    folder.mkdir()
+    pd.DataFrame({"x": [0.9], "c": ["b"], "label": ["1"], "prediction": [0], "variant": ["champion"],
+                  "request_id": ["r1"], "labelled_at": [1.0]}).to_parquet(folder / "feedback-1.parquet")
+    [merged] = source_files(DataConfig(source=files[0], feedback=str(folder)), tmp_path / "data")
+    frame = pd.read_parquet(merged)
+    assert list(frame.columns) == ["x", "c", "label"] and len(frame) == 4 and frame["label"].tolist() == [0, 1, 0, 1]
+    assert fingerprint([merged]).id != fingerprint(files).id
+    (tmp_path / "bad").mkdir()
+    pd.DataFrame({"x": [1.0]}).to_parquet(tmp_path / "bad" / "feedback-2.parquet")
+    with pytest.raises(DataSourceError, match="lack column"):
+        source_files(DataConfig(source=files[0], feedback=str(tmp_path / "bad")), tmp_path / "data")
