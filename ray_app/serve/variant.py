@@ -100,6 +100,11 @@ class ModelVariant:
         status, body = await self.handle_payload(payload)
         return JSONResponse(body, status_code=status)
 
+    async def __del__(self):
+        """Serve awaits this on a graceful shutdown: rows not yet profiled go to the monitor first."""
+        if getattr(self, "profiler", None) is not None:
+            await self.profiler.flush()
+
     async def handle_payload(self, payload: object) -> tuple[int, dict]:
         """Validate a decoded JSON payload and predict: (HTTP status, body). Routers call this by handle."""
         try:
