@@ -62,9 +62,10 @@ def train_bundle(out: Path) -> Path:
     return bundle.save(out / "bundle")
 
 
-def parse_args(doc: str) -> argparse.Namespace:
+def parse_args(doc: str, rounds: int = 1) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per cell")
+    parser.add_argument("--rounds", type=int, default=rounds, help="alternating rounds per cell")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     return parser.parse_args()
 
