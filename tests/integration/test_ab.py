@@ -124,17 +124,23 @@ def test_feedback_labels_answers_and_stores_rows(ab_url, models, feedback_dir):
     assert row["variant"] == answer["variant"] and row["x0"] == pytest.approx(models["rows"].iloc[3]["x0"])
 
 
-@pytest.mark.parametrize("mode", ["fail", "slow"])
-def test_shadow_answers_never_reach_or_slow_the_caller(models, tmp_path, mode):
-    folder = models["bundle"].save(tmp_path / "bundle")
+def champion_and_misbehaving(bundle, tmp_path, other: str, mode: str) -> dict:
+    """Two variants of one bundle folder: `champion` serves it, `other` fails or is slow (ab_helpers, shipped
+    to the replicas by value)."""
+    folder = bundle.save(tmp_path / "bundle")
     cloudpickle.register_pickle_by_value(ab_helpers)
-    variants = {
+    return {
         "champion": variant_app(VariantArgs(model_uri=str(folder), variant="champion"),
                                 loader=lambda uri: (ab_helpers.ModelBundle.load(uri),
                                                     ab_helpers.ModelRef("local", "1", None))),
-        "shadow": variant_app(VariantArgs(model_uri=str(folder), variant="shadow"),
-                              loader=ab_helpers.MisbehavingLoader(mode)),
+        other: variant_app(VariantArgs(model_uri=str(folder), variant=other),
+                           loader=ab_helpers.MisbehavingLoader(mode)),
     }
+
+
+@pytest.mark.parametrize("mode", ["fail", "slow"])
+def test_shadow_answers_never_reach_or_slow_the_caller(models, tmp_path, mode):
+    variants = champion_and_misbehaving(models["bundle"], tmp_path, "shadow", mode)
     app = ABRouter.options(user_config={"experiment": "s", "weights": {"champion": 1, "shadow": 0},
                                         "shadow": "shadow"}).bind(variants)
     serve.run(app, name=f"shadow-{mode}", route_prefix=f"/shadow-{mode}")

@@ -3,7 +3,6 @@
 import random
 import threading
 
-import cloudpickle
 import httpx
 import pandas as pd
 import pytest
@@ -12,11 +11,9 @@ from ray import serve
 
 from ray_app.registry import ModelRegistry, read_audit
 from ray_app.rollout import RolloutController
-from ray_app.serve.app import VariantArgs, variant_app
 from ray_app.serve.router import ABRouter
 from tests.conftest import ADMIN_TOKEN, ROOT, SERVE_PORT, small_config, wait_until
-from tests.integration import ab_helpers
-from tests.integration.test_ab import _deploy, _ok
+from tests.integration.test_ab import _deploy, _ok, champion_and_misbehaving
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 MODEL = "rollout-model"
@@ -114,15 +111,7 @@ def test_failing_canary_is_rolled_back_through_the_admin_route(versions, prometh
     registry = ModelRegistry(paths.tracking_uri)
     registry.set_alias(MODEL, "challenger", versions["champion"].version)  # a promotion may have used it up
     champion_before = registry.alias_version(MODEL, "champion")
-    folder = versions["bundle"].save(tmp_path / "bundle")
-    cloudpickle.register_pickle_by_value(ab_helpers)
-    variants = {
-        "champion": variant_app(VariantArgs(model_uri=str(folder), variant="champion"),
-                                loader=lambda uri: (ab_helpers.ModelBundle.load(uri),
-                                                    ab_helpers.ModelRef("local", "1", None))),
-        "challenger": variant_app(VariantArgs(model_uri=str(folder), variant="challenger"),
-                                  loader=ab_helpers.MisbehavingLoader("fail")),
-    }
+    variants = champion_and_misbehaving(versions["bundle"], tmp_path, "challenger", "fail")
     router = ABRouter.options(user_config={"experiment": "canary-bad", "weights": {"champion": 1, "challenger": 0}})
     serve.run(router.bind(variants), name="canary-bad", route_prefix="/canary-bad")
     url, admin = f"{BASE}/canary-bad", f"{BASE}/canary-bad/admin/weights"
