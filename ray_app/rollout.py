@@ -280,7 +280,7 @@ class RolloutController:
         self.registry.record_audit(self.model_name, version, {
             "action": "rollout-promote" if decision == "promoted" else "rollout-rollback",
             "actor": self.paths.actor, "decision": decision == "promoted", "reason": reason,
-            "experiment": self.spec.experiment, "previous_champion": champion, "steps": history,
+            "experiment": self.spec.experiment, "champion_before": champion, "steps": history,
         }, self.paths.audit_log)
         self._write_state({"status": decision, "version": version, "reason": reason, "steps": history})
         logger.info("rollout %s: %s (%s)", self.spec.experiment, decision, reason)
