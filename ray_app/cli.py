@@ -204,7 +204,7 @@ def cmd_drift(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
 def cmd_webhook(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
     from ray_app.monitor.webhook import serve_webhook
 
-    serve_webhook(paths, args.spec, args.host, args.port)
+    serve_webhook(cfg, paths, args.spec, args.host, args.port)
     return EXIT_OK
 
 
@@ -350,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--current", required=True, help="Parquet/CSV file, folder or URI to compare")
     p.add_argument("--output", default="drift-report", help="folder for report.md, report.json and PNGs")
     p = stage("webhook", cmd_webhook, "Alertmanager webhook: a drift alert labelled action=retrain submits "
-                                      "`ray-app pipeline --canary` as a Ray job (bearer RAY_APP_ADMIN_TOKEN)")
+                                      "`ray-app pipeline --canary` as a Ray job; POST /rollout/promote|abort "
+                                      "controls the rollout (bearer RAY_APP_ADMIN_TOKEN)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9095)
     p = stage("export", cmd_export, "export a model to ONNX or TorchScript with its preprocessor; parity-checked")

@@ -2,8 +2,8 @@
 `ray-app pipeline --canary` as a Ray job, with the stored feedback rows added to the training data.
 
 Alertmanager re-sends a group until it resolves, so an alert is acted on once per (fingerprint, startsAt), and
-no job is submitted while the previous retrain still runs. Run it with `ray-app webhook` (bearer token from
-RAY_APP_ADMIN_TOKEN).
+no job is submitted while the previous retrain still runs. The same service takes rollout control
+(`POST /rollout/promote|abort`). Run it with `ray-app webhook` (bearer token from RAY_APP_ADMIN_TOKEN).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import logging
 import shlex
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from ray_app.config import RuntimePaths
+from ray_app.config import ExperimentConfig, RuntimePaths
 
 logger = logging.getLogger(__name__)
 ACTIVE = {"PENDING", "RUNNING"}
@@ -90,34 +91,76 @@ class RetrainWebhook:
         return 202, {"status": "submitted", "job_id": job_id, "alerts": names}
 
 
-def webhook_app(webhook: RetrainWebhook, token: str):
-    """The Starlette app: `POST /alerts` (bearer token), `GET /healthz`."""
+RolloutControl = Callable[[str, str], dict]  # (promote | abort, reason) -> the outcome
+
+
+def webhook_app(webhook: RetrainWebhook, token: str, rollout: RolloutControl | None = None):
+    """The Starlette app, every route but `/healthz` behind the bearer token: `POST /alerts` (Alertmanager),
+    `POST /rollout/promote|abort {"reason": ...}` (rollout control, when `rollout` is given)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    async def alerts(request: Request) -> JSONResponse:
+    def refused(request: Request) -> JSONResponse | None:
         given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
-            return JSONResponse({"error": "needs 'Authorization: Bearer <token>'"}, status_code=401)
+        if hmac.compare_digest(given, f"Bearer {token}".encode()):
+            return None
+        return JSONResponse({"error": "needs 'Authorization: Bearer <token>'"}, status_code=401)
+
+    async def body_of(request: Request) -> object:
+        raw = await request.body()
+        return json.loads(raw) if raw.strip() else {}
+
+    async def alerts(request: Request) -> JSONResponse:
+        if (denied := refused(request)) is not None:
+            return denied
         try:
-            payload = json.loads(await request.body())
+            payload = await body_of(request)
         except ValueError:
             return JSONResponse({"error": "body is not JSON"}, status_code=400)
         status, body = await asyncio.to_thread(webhook.handle, payload)
         return JSONResponse(body, status_code=status)
 
+    async def rollout_control(request: Request) -> JSONResponse:
+        if (denied := refused(request)) is not None:
+            return denied
+        action = request.path_params["action"]
+        if rollout is None or action not in ("promote", "abort"):
+            return JSONResponse({"error": "POST /rollout/promote or /rollout/abort"}, status_code=404)
+        try:
+            payload = await body_of(request)
+        except ValueError:
+            return JSONResponse({"error": "body is not JSON"}, status_code=400)
+        reason = str(payload.get("reason", "admin route")) if isinstance(payload, dict) else "admin route"
+        return JSONResponse(await asyncio.to_thread(rollout, action, reason))
+
     async def health(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
-    return Starlette(routes=[Route("/alerts", alerts, methods=["POST"]), Route("/healthz", health)])
+    return Starlette(routes=[Route("/alerts", alerts, methods=["POST"]), Route("/healthz", health),
+                             Route("/rollout/{action}", rollout_control, methods=["POST"])])
 
 
-def serve_webhook(paths: RuntimePaths, spec: str | None, host: str, port: int) -> None:
-    """Run the webhook until interrupted."""
+def rollout_control(cfg: ExperimentConfig, paths: RuntimePaths) -> RolloutControl:
+    """Promote or abort the spec's rollout now, as `ray-app rollout --promote|--abort` does."""
+    from dataclasses import asdict
+
+    from ray_app.rollout import RolloutController
+
+    def act(action: str, reason: str) -> dict:
+        controller = RolloutController(cfg, paths)
+        outcome = (controller.promote if action == "promote" else controller.abort)(f"admin route: {reason}")
+        return asdict(outcome)
+
+    return act
+
+
+def serve_webhook(cfg: ExperimentConfig, paths: RuntimePaths, spec: str | None, host: str, port: int) -> None:
+    """Run the webhook (and the rollout control routes) until interrupted."""
     import uvicorn
 
     if not paths.admin_token:
         raise ValueError("set RAY_APP_ADMIN_TOKEN: the webhook accepts only requests that carry it")
-    uvicorn.run(webhook_app(RetrainWebhook(paths, spec), paths.admin_token), host=host, port=port, log_level="info")
+    app = webhook_app(RetrainWebhook(paths, spec), paths.admin_token, rollout_control(cfg, paths))
+    uvicorn.run(app, host=host, port=port, log_level="info")

@@ -64,3 +64,23 @@ def test_resolved_and_other_alerts_submit_nothing(webhook, payload):
 @pytest.mark.parametrize("payload", [[], {"alerts": "x"}, "text", None])
 def test_malformed_payloads_get_422(webhook, payload):
     assert webhook.handle(payload)[0] == 422
+
+
+def test_http_routes_need_the_token_and_reach_the_rollout_control(webhook):
+    from starlette.testclient import TestClient
+
+    from ray_app.monitor.webhook import webhook_app
+
+    actions = []
+    client = TestClient(webhook_app(webhook, "s3cret", lambda action, reason: actions.append((action, reason))
+                                    or {"decision": action}))
+    auth = {"Authorization": "Bearer s3cret"}
+    assert client.post("/alerts", json={"alerts": [alert()]}).status_code == 401
+    assert client.post("/rollout/abort", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert client.post("/alerts", content=b"{not json", headers=auth).status_code == 400
+    assert client.post("/alerts", json={"alerts": [alert()]}, headers=auth).status_code == 202
+    answer = client.post("/rollout/abort", json={"reason": "p99 regressed"}, headers=auth)
+    assert answer.status_code == 200 and answer.json() == {"decision": "abort"}
+    assert actions == [("abort", "p99 regressed")]
+    assert client.post("/rollout/restart", headers=auth).status_code == 404
+    assert client.get("/healthz").json() == {"status": "ok"}
