@@ -94,20 +94,20 @@ def snapshot(prometheus: Prometheus, experiment: str) -> dict[str, Counts]:
     sel = f'experiment="{experiment}"'
     counts: dict[str, Counts] = {}
 
-    def add(promql: str, apply: Callable[[Counts, dict, float], None]) -> None:
+    def query(promql: str):
         for labels, value in prometheus.query(promql):
-            apply(counts.setdefault(labels.get("variant", ""), Counts()), labels, value)
+            yield counts.setdefault(labels.get("variant", ""), Counts()), labels, value
 
-    add(f"sum by (variant) (ray_ab_requests_total{{{sel}}})", lambda c, _, v: setattr(c, "requests", v))
-    add(f"sum by (variant) (ray_ab_errors_total{{{sel}}})", lambda c, _, v: setattr(c, "errors", v))
-    add(f"sum by (variant, outcome) (ray_ab_feedback_total{{{sel}}})",
-        lambda c, lab, v: setattr(c, lab.get("outcome", "wrong"), v) if lab.get("outcome") in ("correct", "wrong")
-        else None)
-    add(f"sum by (variant) (ray_ab_feedback_abs_error_sum{{{sel}}})", lambda c, _, v: setattr(c, "abs_error_sum", v))
-    add(f"sum by (variant) (ray_ab_feedback_abs_error_count{{{sel}}})",
-        lambda c, _, v: setattr(c, "abs_error_count", v))
-    add(f"sum by (variant, le) (ray_ab_latency_ms_bucket{{{sel}}})",
-        lambda c, lab, v: c.buckets.__setitem__(float(lab["le"]), v))
+    totals = {"requests": "ray_ab_requests_total", "errors": "ray_ab_errors_total",
+              "abs_error_sum": "ray_ab_feedback_abs_error_sum", "abs_error_count": "ray_ab_feedback_abs_error_count"}
+    for name, metric in totals.items():
+        for variant, _, value in query(f"sum by (variant) ({metric}{{{sel}}})"):
+            setattr(variant, name, value)
+    for variant, labels, value in query(f"sum by (variant, outcome) (ray_ab_feedback_total{{{sel}}})"):
+        if labels.get("outcome") in ("correct", "wrong"):
+            setattr(variant, labels["outcome"], value)
+    for variant, labels, value in query(f"sum by (variant, le) (ray_ab_latency_ms_bucket{{{sel}}})"):
+        variant.buckets[float(labels["le"])] = value
     return counts
 
 

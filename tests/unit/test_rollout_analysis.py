@@ -51,3 +51,32 @@ def test_rollout_steps_must_increase_within_100():
         ExperimentConfig().with_overrides(rollout={"steps": [50, 25]})
     with pytest.raises(ConfigError, match="steps"):
         ExperimentConfig().with_overrides(rollout={"steps": [5, 150]})
+
+
+class RecordedPrometheus:
+    """Answers each PromQL query with fixed series (the HTTP side is exercised in tests/integration)."""
+
+    def __init__(self, answers: dict[str, list]):
+        self.answers, self.queries = answers, []
+
+    def query(self, promql: str):
+        self.queries.append(promql)
+        return next((series for metric, series in self.answers.items() if metric in promql), [])
+
+
+def test_snapshot_collects_every_counter_per_variant():
+    from ray_app.rollout import snapshot
+
+    prom = RecordedPrometheus({
+        "ray_ab_requests_total": [({"variant": "champion"}, 90.0), ({"variant": "challenger"}, 10.0)],
+        "ray_ab_errors_total": [({"variant": "challenger"}, 2.0)],
+        "ray_ab_feedback_total": [({"variant": "champion", "outcome": "correct"}, 8.0),
+                                  ({"variant": "champion", "outcome": "wrong"}, 2.0),
+                                  ({"variant": "champion", "outcome": "other"}, 5.0)],
+        "ray_ab_latency_ms_bucket": [({"variant": "challenger", "le": "10"}, 9.0),
+                                     ({"variant": "challenger", "le": "+Inf"}, 10.0)],
+    })
+    counts = snapshot(prom, "exp")
+    assert all('experiment="exp"' in q for q in prom.queries) and len(prom.queries) == 6
+    assert (counts["champion"].requests, counts["champion"].errors, counts["champion"].online) == (90, 0, 0.8)
+    assert counts["challenger"].error_rate == 0.2 and counts["challenger"].buckets == {10.0: 9.0, INF: 10.0}
