@@ -201,6 +201,7 @@ class RolloutThresholds(_Strict):
     max_error_rate_increase: float = Field(0.01, ge=0, le=1)
     max_p99_ratio: float = Field(1.5, gt=0)
     p99_slack_ms: float = Field(25.0, ge=0)
+    min_latency_requests: int = Field(100, ge=1)  # below this a p99 is the slowest request or two: not judged
     min_labels: int = Field(30, ge=1)
     max_accuracy_drop: float = Field(0.05, ge=0, le=1)
     max_abs_error_increase: float = Field(0.10, ge=0)

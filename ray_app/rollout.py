@@ -121,7 +121,8 @@ def judge(champion: Counts, challenger: Counts, t: RolloutThresholds) -> list[st
         reasons.append(f"challenger error rate {challenger.error_rate:.3f} > champion's "
                        f"{champion.error_rate:.3f} + {t.max_error_rate_increase}")
     p99_challenger, p99_champion = challenger.quantile(0.99), champion.quantile(0.99)
-    if p99_challenger is not None and p99_champion is not None and champion.requests >= t.min_requests:
+    if (p99_challenger is not None and p99_champion is not None
+            and min(challenger.requests, champion.requests) >= t.min_latency_requests):
         limit = p99_champion * t.max_p99_ratio + t.p99_slack_ms
         if p99_challenger > limit:
             reasons.append(f"challenger p99 {p99_challenger:.1f} ms > {limit:.1f} ms "

@@ -41,6 +41,9 @@ def test_comparisons_need_enough_champion_traffic_and_labels():
     t = RolloutThresholds(min_requests=50, min_labels=30)
     slow_and_wrong = healthy(fast=False, correct=1, wrong=9)
     assert judge(healthy(requests=10, correct=1, wrong=1), slow_and_wrong, t) == []
+    # a p99 over a few dozen requests is the slowest one: judged only from min_latency_requests on both sides
+    assert judge(healthy(), healthy(requests=40, fast=False), t) == []
+    assert any("p99" in r for r in judge(healthy(), healthy(requests=100, fast=False), t))
     regression = Counts(requests=100, abs_error_sum=300, abs_error_count=100)
     worse = Counts(requests=100, abs_error_sum=400, abs_error_count=100)
     assert any("MAE" in r for r in judge(regression, worse, t))
