@@ -17,9 +17,20 @@ from ray import serve
 
 from ray_app.config import MonitorConfig
 from ray_app.monitor.exporter import EXPORTED
+from ray_app.monitor.service import DriftMonitor
 from ray_app.monitor.webhook import RayJobs, RetrainWebhook, webhook_app
-from ray_app.serve.app import VariantArgs, monitor_app, variant_app
-from tests.conftest import ADMIN_TOKEN, ROOT, SERVE_PORT, free_port, start_service, stop_service, tool, wait_until
+from ray_app.serve.app import VariantArgs, variant_app
+from tests.conftest import (
+    ADMIN_TOKEN,
+    FAST_METRICS,
+    ROOT,
+    SERVE_PORT,
+    free_port,
+    start_service,
+    stop_service,
+    tool,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
@@ -87,7 +98,8 @@ def test_injected_drift_reaches_the_webhook_once_and_submits_one_retraining_job(
     settings = MonitorConfig(window_s=2, flush_rows=25, flush_s=0.25, min_rows=50)
     args = VariantArgs(model_uri=champion.model.uri, tracking_uri=paths.tracking_uri, variant="live",
                        monitor=settings)
-    serve.run(variant_app(args, monitor=monitor_app(settings, str(tmp_path / "monitor"))), name="loop",
+    monitor = DriftMonitor.options(ray_actor_options={"num_cpus": 0.1, "runtime_env": {"env_vars": FAST_METRICS}})
+    serve.run(variant_app(args, monitor=monitor.bind(str(tmp_path / "monitor"), settings)), name="loop",
               route_prefix="/loop")
     url = f"http://127.0.0.1:{SERVE_PORT}/loop"
     from ray_app.registry import ModelRegistry

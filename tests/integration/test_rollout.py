@@ -12,7 +12,7 @@ from ray import serve
 from ray_app.registry import ModelRegistry, read_audit
 from ray_app.rollout import RolloutController
 from ray_app.serve.router import ABRouter
-from tests.conftest import ADMIN_TOKEN, ROOT, SERVE_PORT, small_config, wait_until
+from tests.conftest import ADMIN_TOKEN, FAST_METRICS, ROOT, SERVE_PORT, small_config, wait_until
 from tests.integration.test_ab import _deploy, _ok, champion_and_misbehaving
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
@@ -83,6 +83,7 @@ def test_healthy_canary_is_promoted_through_serve_deploy(versions, ray_cluster, 
     config = yaml.safe_load((ROOT / "serve_configs" / "ab.yaml").read_text())
     app = config["applications"][0]
     app["name"], app["route_prefix"] = "rollout", "/rollout"
+    app["runtime_env"] = {"env_vars": FAST_METRICS}  # Serve merges an app's env_vars into each deployment's
     app["args"].update(experiment="canary-ok", variants={a: f"models:/{MODEL}@{a}" for a in ("champion", "challenger")})
     app["deployments"][0]["user_config"].update(experiment="canary-ok", weights={"champion": 100, "challenger": 0})
     _deploy(config, tmp_path / "rollout.yaml", ray_cluster)
@@ -112,7 +113,8 @@ def test_failing_canary_is_rolled_back_through_the_admin_route(versions, prometh
     registry.set_alias(MODEL, "challenger", versions["champion"].version)  # a promotion may have used it up
     champion_before = registry.alias_version(MODEL, "champion")
     variants = champion_and_misbehaving(versions["bundle"], tmp_path, "challenger", "fail")
-    router = ABRouter.options(user_config={"experiment": "canary-bad", "weights": {"champion": 1, "challenger": 0}})
+    router = ABRouter.options(user_config={"experiment": "canary-bad", "weights": {"champion": 1, "challenger": 0}},
+                              ray_actor_options={"num_cpus": 0.25, "runtime_env": {"env_vars": FAST_METRICS}})
     serve.run(router.bind(variants), name="canary-bad", route_prefix="/canary-bad")
     url, admin = f"{BASE}/canary-bad", f"{BASE}/canary-bad/admin/weights"
     try:
