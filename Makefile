@@ -1,10 +1,10 @@
-# make install · demo · test · bench · lint · cluster-up · cluster-down · monitor-up · monitor-down
+# make install · demo · test · bench · lint · cluster-up · cluster-down · monitor-up · monitor-down · image
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps demo test test-fast bench lint cluster-up cluster-down monitor-up monitor-down clean
+.PHONY: install system-deps demo test test-fast bench lint cluster-up cluster-down monitor-up monitor-down image image-gpu clean
 
 install: $(STAMP)
 
@@ -45,6 +45,15 @@ cluster-up: install
 
 cluster-down:
 	-$(VENV)/bin/ray stop
+
+# The image of cluster/kuberay and cluster/launcher (needs Docker); tag it for your registry and push it.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+image:
+	docker build -f cluster/Dockerfile -t ray-app:$(VERSION)-cpu .
+
+image-gpu:
+	docker build -f cluster/Dockerfile -t ray-app:$(VERSION)-gpu \
+	  --build-arg BASE=rayproject/ray:2.60.0-py311-gpu --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 .
 
 # Prometheus (scrapes Ray's service-discovery file; rules in cluster/prometheus/rules) on 127.0.0.1:9090 and
 # Alertmanager on 127.0.0.1:9093, routing retrain alerts to `ray-app webhook` on :9095 with RAY_APP_ADMIN_TOKEN.

@@ -355,5 +355,9 @@ class RuntimePaths(_Strict):
         return self
 
     @property
-    def artifact_root(self) -> str:
+    def artifact_root(self) -> str | None:
+        """Where new experiments keep artifacts: a folder under `home` for a local store; a tracking server
+        (several nodes, pods) uses its own artifact root, which every node can reach."""
+        if self.tracking_uri.split(":", 1)[0] in ("http", "https", "databricks"):
+            return None
         return (self.home / "mlartifacts").as_uri()

@@ -71,3 +71,5 @@ def test_runtime_paths_from_environment(tmp_path):
                                    "RAY_APP_STORAGE": "s3://bucket/runs", "RAY_ADDRESS": "127.0.0.1:6379"})
     assert (custom.tracking_uri, custom.storage_path, custom.ray_address) == (
         "http://127.0.0.1:5000", "s3://bucket/runs", "127.0.0.1:6379")
+    # a local store keeps artifacts under home; a tracking server (a cluster's pods) keeps its own artifact root
+    assert paths.artifact_root == (tmp_path.resolve() / "mlartifacts").as_uri() and custom.artifact_root is None
