@@ -208,12 +208,15 @@ class RolloutThresholds(_Strict):
 
 
 class WeightTarget(_Strict):
-    """Where weights are set: Serve's REST API (durable, like `serve deploy`) or the router's admin route."""
+    """Where weights are set: Serve's REST API (durable, like `serve deploy`), the router's admin route, or the
+    `serveConfigV2` of a KubeRay RayService (through `kubectl`)."""
 
-    via: Literal["serve", "admin"] = "serve"
+    via: Literal["serve", "admin", "rayservice"] = "serve"
     app: str = "ab"
     deployment: str = "ABRouter"
     admin_url: str = "http://127.0.0.1:8000/admin/weights"
+    rayservice: str = "ray-app"  # the RayService's name (cluster/kuberay/rayservice.yaml)
+    namespace: str | None = None  # default: kubectl's current namespace
 
 
 class RolloutConfig(_Strict):

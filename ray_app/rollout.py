@@ -14,12 +14,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal
 
 import httpx
 
-from ray_app.config import ConfigError, ExperimentConfig, RolloutConfig, RolloutThresholds, RuntimePaths
+from ray_app.config import ExperimentConfig, RolloutThresholds, RuntimePaths
 from ray_app.registry import ModelRegistry
+from ray_app.serve.weights import WeightSetter, weight_setter
 
 logger = logging.getLogger(__name__)
 
@@ -137,56 +138,6 @@ def judge(champion: Counts, challenger: Counts, t: RolloutThresholds) -> list[st
     return reasons
 
 
-class WeightSetter(Protocol):
-    def __call__(self, weights: dict[str, float]) -> None: ...
-
-
-class ServeConfigWeights:
-    """Edits the router's `user_config` in the live declarative Serve config and redeploys it, as `serve deploy`
-    would: durable across replica restarts, reconfigured in place."""
-
-    def __init__(self, dashboard_url: str, app: str, deployment: str):
-        self.dashboard_url, self.app, self.deployment = dashboard_url, app, deployment
-
-    def __call__(self, weights: dict[str, float]) -> None:
-        from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
-
-        client = ServeSubmissionClient(self.dashboard_url)
-        details = client.get_serve_details()
-        # Only declaratively deployed apps are in the config; a deploy leaves `serve.run` apps alone.
-        configs = [a["deployed_app_config"] for a in details.get("applications", {}).values()
-                   if a.get("deployed_app_config")]
-        if self.app not in {c["name"] for c in configs}:
-            raise RuntimeError(f"Serve app {self.app!r} was not deployed from a config file (serve deploy); "
-                               "use rollout.target.via: admin")
-        for config in configs:
-            if config["name"] == self.app:
-                router = next((d for d in config.get("deployments", []) if d["name"] == self.deployment), None)
-                if router is None:
-                    router = {"name": self.deployment}
-                    config.setdefault("deployments", []).append(router)
-                router["user_config"] = {**(router.get("user_config") or {}), "weights": weights}
-        http = {k: v for k, v in (details.get("http_options") or {}).items() if k in ("host", "port")}
-        client.deploy_applications({"proxy_location": details.get("proxy_location", "EveryNode"),
-                                    "http_options": http, "applications": configs})
-
-
-class AdminRouteWeights:
-    """Sets weights through the router's `POST /admin/weights` (bearer token): immediate, but per replica and
-    replaced by the next `serve deploy`."""
-
-    def __init__(self, url: str, token: str | None):
-        if not token:
-            raise ConfigError("target.via: admin needs RAY_APP_ADMIN_TOKEN")
-        self.url, self.token = url, token
-
-    def __call__(self, weights: dict[str, float]) -> None:
-        response = httpx.post(self.url, json={"weights": weights}, timeout=30,
-                              headers={"Authorization": f"Bearer {self.token}"})
-        if response.status_code != 200:
-            raise RuntimeError(f"router refused weights {weights}: {response.status_code} {response.text[:200]}")
-
-
 @dataclass
 class StepResult:
     percent: float
@@ -296,9 +247,3 @@ class RolloutController:
 
     def _ended_elsewhere(self) -> bool:
         return self._read_state().get("status") in ("promoted", "rolled_back")
-
-
-def weight_setter(spec: RolloutConfig, paths: RuntimePaths) -> WeightSetter:
-    if spec.target.via == "admin":
-        return AdminRouteWeights(spec.target.admin_url, paths.admin_token)
-    return ServeConfigWeights(paths.dashboard_url, spec.target.app, spec.target.deployment)
