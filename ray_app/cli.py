@@ -287,7 +287,10 @@ def cmd_demo(args, cfg: ExperimentConfig, paths: RuntimePaths) -> int:
 
 def _print_mlflow_hint(paths: RuntimePaths, run_id: str | None = None) -> None:
     what = f"run {run_id}" if run_id else "runs, models and audit tags"
-    print(f"[mlflow] {what} in {paths.tracking_uri} (artifacts under {paths.home / 'mlartifacts'})")
+    if paths.artifact_root is None:  # a tracking server: its own UI, its own artifact root
+        print(f"[mlflow] {what} on {paths.tracking_uri}")
+        return
+    print(f"[mlflow] {what} in {paths.tracking_uri} (artifacts under {paths.artifact_root})")
     print(f"[mlflow] browse it: mlflow ui --backend-store-uri {paths.tracking_uri} --host 127.0.0.1 --port 5000")
 
 
