@@ -16,7 +16,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from ray_app.cli import build_parser, load_config
-from ray_app.config import RuntimePaths
+from ray_app.config import RuntimePaths, WeightTarget
 from tests.conftest import ROOT
 
 KUBERAY = ROOT / "cluster" / "kuberay"
@@ -174,3 +174,18 @@ def test_launcher_config_matches_rays_schema_and_the_manifests():
     assert config["available_node_types"][config["head_node_type"]]["resources"] == {"CPU": 0}
     mounted = {Path(src).name for src in config["file_mounts"].values()}
     assert mounted == {"ray-app.env"} and (ROOT / "cluster" / "launcher" / "ray-app.env.example").exists()
+
+
+def test_the_head_may_patch_only_the_rayservice_a_rollout_targets():
+    docs = {d["kind"]: d for d in yaml.safe_load_all((KUBERAY / "rollout-rbac.yaml").read_text())}
+    account = docs["ServiceAccount"]["metadata"]["name"]
+    service = manifest("RayService")["metadata"]["name"]
+    assert WeightTarget().rayservice == service  # the rollout's default target is the shipped RayService
+    assert docs["Role"]["rules"] == [{"apiGroups": ["ray.io"], "resources": ["rayservices"],
+                                      "resourceNames": [service], "verbs": ["get", "patch"]}]
+    binding = docs["RoleBinding"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account}]
+    assert binding["roleRef"]["kind"] == "Role" and binding["roleRef"]["name"] == docs["Role"]["metadata"]["name"]
+    head = cluster_spec("RayCluster")["headGroupSpec"]["template"]["spec"]
+    assert head["serviceAccountName"] == account  # where `pipeline --canary` jobs run the rollout
+    assert "sha256sum --check" in (ROOT / "cluster" / "Dockerfile").read_text()  # kubectl, verified
