@@ -102,36 +102,31 @@ def webhook_app(webhook: RetrainWebhook, token: str, rollout: RolloutControl | N
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    def refused(request: Request) -> JSONResponse | None:
+    async def authorized_body(request: Request) -> tuple[object, JSONResponse | None]:
+        """The decoded JSON body (empty: `{}`), or the 401/400 answer to send instead."""
         given = request.headers.get("authorization", "").encode()
-        if hmac.compare_digest(given, f"Bearer {token}".encode()):
-            return None
-        return JSONResponse({"error": "needs 'Authorization: Bearer <token>'"}, status_code=401)
-
-    async def body_of(request: Request) -> object:
+        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+            return None, JSONResponse({"error": "needs 'Authorization: Bearer <token>'"}, status_code=401)
         raw = await request.body()
-        return json.loads(raw) if raw.strip() else {}
+        try:
+            return (json.loads(raw) if raw.strip() else {}), None
+        except ValueError:
+            return None, JSONResponse({"error": "body is not JSON"}, status_code=400)
 
     async def alerts(request: Request) -> JSONResponse:
-        if (denied := refused(request)) is not None:
-            return denied
-        try:
-            payload = await body_of(request)
-        except ValueError:
-            return JSONResponse({"error": "body is not JSON"}, status_code=400)
+        payload, refusal = await authorized_body(request)
+        if refusal is not None:
+            return refusal
         status, body = await asyncio.to_thread(webhook.handle, payload)
         return JSONResponse(body, status_code=status)
 
     async def rollout_control(request: Request) -> JSONResponse:
-        if (denied := refused(request)) is not None:
-            return denied
+        payload, refusal = await authorized_body(request)
+        if refusal is not None:
+            return refusal
         action = request.path_params["action"]
         if rollout is None or action not in ("promote", "abort"):
             return JSONResponse({"error": "POST /rollout/promote or /rollout/abort"}, status_code=404)
-        try:
-            payload = await body_of(request)
-        except ValueError:
-            return JSONResponse({"error": "body is not JSON"}, status_code=400)
         reason = str(payload.get("reason", "admin route")) if isinstance(payload, dict) else "admin route"
         return JSONResponse(await asyncio.to_thread(rollout, action, reason))
 
