@@ -38,8 +38,10 @@ test-fast: install
 bench: install
 	$(PY) bench/serve_latency.py
 
-# A local head node on loopback with the dashboard (Jobs API, `serve deploy`); Ray 2.60 wants a token.
+# A local head node on loopback with the dashboard (Jobs API, `serve deploy`); Ray 2.60 wants a token
+# (~/.ray/auth_token, made here if missing).
 cluster-up: install
+	$(VENV)/bin/ray get-auth-token --generate >/dev/null
 	RAY_AUTH_MODE=token PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/ray start --head \
 	  --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --disable-usage-stats
 

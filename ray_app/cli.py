@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
 import time
 import traceback
@@ -13,7 +11,8 @@ from collections.abc import Callable
 
 import yaml
 
-from ray_app.config import ConfigError, ExperimentConfig, RuntimePaths
+from ray_app.config import ConfigError, ExperimentConfig, RuntimePaths, UserError
+from ray_app.connect import connect_ray
 
 EXIT_OK, EXIT_REJECTED, EXIT_ERROR = 0, 1, 2  # gates: 0 passed/promoted, 1 rejected, 2 error
 DEMO_PORT = 8000
@@ -33,25 +32,6 @@ def load_config(spec: str | None, overrides: list[str]) -> ExperimentConfig:
     if unknown:
         raise ConfigError(f"--set: unknown section(s) {', '.join(unknown)}")
     return cfg.with_overrides(**sections) if sections else cfg
-
-
-def connect_ray(paths: RuntimePaths, dashboard: bool = False) -> None:
-    """Join the cluster in RAY_ADDRESS (as under `ray job submit`), or start a local one on 127.0.0.1.
-
-    Tuning needs the dashboard: it hosts the State API that releases the placement group of a trial that
-    ASHA stopped; without it the next trials wait forever.
-    """
-    import ray
-
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    if ray.is_initialized():
-        return
-    if paths.ray_address:
-        ray.init(address=paths.ray_address, logging_level=logging.WARNING)
-    else:
-        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 logging_level=logging.WARNING, object_store_memory=512 * 1024**2, _node_ip_address="127.0.0.1")
-    ray.data.DataContext.get_current().enable_progress_bars = False
 
 
 def _print(obj: object) -> None:
@@ -303,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--spec", help="experiment config YAML (see tuning/); defaults apply without one")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                        help="override one config field, e.g. --set train.epochs=3 (repeatable)")
+        p.add_argument("--local", action="store_true", help="run on a private local Ray, not the cluster in "
+                                                            "RAY_ADDRESS or one started by `ray start`")
         p.set_defaults(func=func)
         return p
 
@@ -370,14 +352,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from mlflow.exceptions import MlflowException
 
-    from ray_app.data.sources import DataSourceError
-
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.spec, args.overrides)
         paths = RuntimePaths.resolve().ensure()
+        if args.local:
+            paths = paths.model_copy(update={"local_ray": True})
         return args.func(args, cfg, paths)
-    except (ConfigError, DataSourceError, LookupError, FileNotFoundError, MlflowException) as exc:
+    except (UserError, LookupError, FileNotFoundError, MlflowException) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except Exception:  # an error is exit 2, never 1 (which means "rejected by a gate")

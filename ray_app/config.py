@@ -10,7 +10,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """A mistake the user can fix (a config, a data source, a cluster, a model URI). The CLI prints the message as
+    one `error:` line and exits 2; anything else is a bug and keeps its traceback."""
+
+
+class ConfigError(UserError, ValueError):
     """A configuration file that cannot be read or does not validate; the message names file and field."""
 
 
@@ -315,6 +320,7 @@ class RuntimePaths(_Strict):
     tracking_uri: str
     storage_path: str
     ray_address: str | None = None
+    local_ray: bool = False  # a private local Ray even when a cluster runs (`--local`, RAY_APP_LOCAL_RAY=1)
     actor: str = "unknown"
     dashboard_url: str = "http://127.0.0.1:8265"
     prometheus_url: str = "http://127.0.0.1:9090"
@@ -330,7 +336,8 @@ class RuntimePaths(_Strict):
 
     @classmethod
     def resolve(cls, environ: dict[str, str] | None = None) -> RuntimePaths:
-        """Read `RAY_APP_HOME`, `MLFLOW_TRACKING_URI`, `RAY_APP_STORAGE`, `RAY_ADDRESS` and who is acting.
+        """Read `RAY_APP_HOME`, `MLFLOW_TRACKING_URI`, `RAY_APP_STORAGE`, `RAY_ADDRESS` (`RAY_APP_LOCAL_RAY=1`
+        ignores it and any running local cluster) and who is acting.
 
         The actor recorded in audit logs is `RAY_APP_ACTOR`, else the CI's `GITHUB_ACTOR`, else `USER`.
         `RAY_DASHBOARD_ADDRESS` (Serve's REST API), `RAY_APP_PROMETHEUS_URL` and `RAY_APP_ADMIN_TOKEN` (the bearer
@@ -343,6 +350,7 @@ class RuntimePaths(_Strict):
             tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}"),
             storage_path=env.get("RAY_APP_STORAGE", str(home / "ray_results")),
             ray_address=env.get("RAY_ADDRESS") or None,
+            local_ray=env.get("RAY_APP_LOCAL_RAY", "").lower() in ("1", "true", "yes"),
             actor=env.get("RAY_APP_ACTOR") or env.get("GITHUB_ACTOR") or env.get("USER") or "unknown",
             dashboard_url=env.get("RAY_DASHBOARD_ADDRESS") or "http://127.0.0.1:8265",
             prometheus_url=env.get("RAY_APP_PROMETHEUS_URL") or "http://127.0.0.1:9090",

@@ -40,37 +40,70 @@ def app_home(tmp_path_factory) -> Path:
     return home
 
 
+def ray_processes() -> list[str]:
+    """Ray's daemons (`gcs_server`, `raylet`) running on this machine, as "name (pid)"."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["name", "pid"]):
+        if proc.info["name"] in ("gcs_server", "raylet"):
+            found.append(f"{proc.info['name']} ({proc.info['pid']})")
+    return found
+
+
+def _run(cmd: list[str], env: dict, timeout: float) -> None:
+    done = subprocess.run(cmd, env=env, timeout=timeout, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed ({done.returncode}): {(done.stdout + done.stderr)[-3000:]}")
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(app_home):
-    """A head node with the dashboard (Jobs API, `serve deploy`) on loopback; the test process joins it."""
+    """A head node with the dashboard (Jobs API, `serve deploy`) on loopback; the test process joins it.
+
+    The suite refuses to start next to another Ray cluster (the stages would join it, and `ray stop` at the end
+    would take it down), and the cluster it starts is stopped however the session ends: by this fixture's
+    teardown, or by tests/session_reaper.py once the pytest process is gone without one.
+    """
     import ray
 
+    stray = ray_processes()
+    if stray:
+        pytest.exit(f"a Ray cluster is already running on this machine ({', '.join(stray)}); the tests start "
+                    "their own. Stop it with `ray stop --force` (or `make cluster-down`) and run them again.",
+                    returncode=3)
     port, dashboard_port, metrics_port = free_port(), free_port(), free_port()
     # Jobs run `ray-app` from the cluster's PATH: put this venv's bin first.
     os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
     os.environ["RAY_APP_ADMIN_TOKEN"] = ADMIN_TOKEN
     os.environ["RAY_DASHBOARD_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
     env = dict(os.environ)
-    subprocess.run(
-        [str(BIN / "ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=4",
-         f"--metrics-export-port={metrics_port}",
-         "--object-store-memory=400000000", "--disable-usage-stats"],
-        check=True, env=env, timeout=180, capture_output=True,
-    )
-    os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
-    ray.init(address=os.environ["RAY_ADDRESS"], logging_level="WARNING", log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield {"address": os.environ["RAY_ADDRESS"], "dashboard": f"http://127.0.0.1:{dashboard_port}", "env": env,
-           "metrics": f"127.0.0.1:{metrics_port}"}
+    # The token `ray start` and the `serve`/`ray job` CLIs read (~/.ray/auth_token); made once if missing.
+    _run([str(BIN / "ray"), "get-auth-token", "--generate"], env, timeout=60)
+    reaper = subprocess.Popen([sys.executable, str(ROOT / "tests" / "session_reaper.py"), str(os.getpid()),
+                               str(BIN / "ray")], env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        from ray import serve
-
-        serve.shutdown()
+        _run([str(BIN / "ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=4",
+              f"--metrics-export-port={metrics_port}", "--object-store-memory=400000000", "--disable-usage-stats"],
+             env, timeout=180)
+        os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+        ray.init(address=os.environ["RAY_ADDRESS"], logging_level="WARNING", log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        yield {"address": os.environ["RAY_ADDRESS"], "dashboard": f"http://127.0.0.1:{dashboard_port}", "env": env,
+               "metrics": f"127.0.0.1:{metrics_port}", "port": port}
     finally:
-        ray.shutdown()
-        os.environ.pop("RAY_ADDRESS", None)
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, timeout=120, capture_output=True)
+        try:
+            from ray import serve
+
+            if ray.is_initialized():
+                serve.shutdown()
+        finally:
+            ray.shutdown()
+            os.environ.pop("RAY_ADDRESS", None)
+            subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, timeout=180, capture_output=True)
+            reaper.terminate()
 
 
 @pytest.fixture(scope="session")
@@ -149,19 +182,25 @@ def tool(name: str) -> str:
     return found
 
 
-@pytest.fixture(scope="session")
-def prometheus(ray_cluster, tmp_path_factory) -> str:
-    """A real Prometheus on loopback scraping this session's Ray metrics every second; yields its URL."""
+def start_prometheus(folder: Path, metrics_target: str, **extra) -> tuple[str, subprocess.Popen]:
+    """A real Prometheus on loopback scraping one Ray metrics port every second (rules and evaluation too);
+    `extra` goes into its config (`rule_files`, `alerting`). Returns its URL and process."""
     import yaml
 
-    folder = tmp_path_factory.mktemp("prometheus")
     port = free_port()
-    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-              "scrape_configs": [{"job_name": "ray", "static_configs": [{"targets": [ray_cluster["metrics"]]}]}]}
+    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, **extra,
+              "scrape_configs": [{"job_name": "ray", "static_configs": [{"targets": [metrics_target]}]}]}
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
     url = f"http://127.0.0.1:{port}"
     proc = start_service([tool("prometheus"), f"--config.file={folder / 'prometheus.yml'}",
                           f"--storage.tsdb.path={folder / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
                          f"{url}/-/ready", folder / "prometheus.log")
+    return url, proc
+
+
+@pytest.fixture(scope="session")
+def prometheus(ray_cluster, tmp_path_factory) -> str:
+    """A real Prometheus on loopback scraping this session's Ray metrics every second; yields its URL."""
+    url, proc = start_prometheus(tmp_path_factory.mktemp("prometheus"), ray_cluster["metrics"])
     yield url
     stop_service(proc)

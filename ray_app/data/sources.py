@@ -14,13 +14,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
-from ray_app.config import DataConfig
+from ray_app.config import DataConfig, UserError
 
 BUILTIN_SETS = ("synthetic", "breast_cancer", "diabetes")
 SUPPORTED_SUFFIXES = (".parquet", ".csv")
 
 
-class DataSourceError(ValueError):
+class DataSourceError(UserError, ValueError):
     """A data source that cannot be found, read or understood."""
 
 

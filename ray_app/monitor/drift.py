@@ -56,6 +56,13 @@ class DriftReport:
     def to_dict(self) -> dict:
         return {**asdict(self), "threshold": self.threshold, "drifted": self.drifted}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> DriftReport:
+        """The inverse of `to_dict` (extra keys, such as a stored window's start and end, are ignored)."""
+        features = [FeatureDrift(**f) for f in data.get("features", [])]
+        return cls(rows=data["rows"], alpha=data["alpha"], min_effect=data["min_effect"], judged=data["judged"],
+                   features=features)
+
     def table(self) -> str:
         lines = [f"rows {self.rows}; p-value threshold {self.threshold:.2g} (alpha {self.alpha} / "
                  f"{len(self.features)} features, Bonferroni); PSI floor {self.min_effect}",

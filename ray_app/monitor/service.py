@@ -17,7 +17,7 @@ from pathlib import Path
 from ray import serve
 
 from ray_app.config import MonitorConfig
-from ray_app.monitor.drift import compare_profiles
+from ray_app.monitor.drift import DriftReport, compare_profiles
 from ray_app.monitor.exporter import DriftExporter
 from ray_app.monitor.profiles import merge_profiles
 
@@ -89,6 +89,11 @@ class WindowStore:
             streams[(model, variant)] = stream
         return streams
 
+    def last_window(self, model: str, variant: str) -> dict | None:
+        folder = self._dir(model, variant) / "windows"
+        names = sorted(folder.glob("*.json"), key=lambda p: int(p.stem)) if folder.exists() else []
+        return json.loads(names[-1].read_text()) if names else None
+
     def windows(self, model: str, variant: str) -> list[dict]:
         folder = self._dir(model, variant) / "windows"
         return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
@@ -103,6 +108,7 @@ class DriftMonitor:
         self.store = WindowStore(Path(folder))
         self.streams = self.store.load()
         self.exporter = DriftExporter()
+        self.live: set[tuple[str, str]] = set()  # streams registered or merged since this replica started
         self._lock = asyncio.Lock()
         self._ticker: asyncio.Task | None = None
         logger.info("drift monitor: %d stream(s) resumed from %s", len(self.streams), folder)
@@ -126,6 +132,7 @@ class DriftMonitor:
             stream = self.streams.setdefault((model, variant), Stream(model, variant, reference, schema))
             stream.reference, stream.schema = reference, schema  # a redeployed variant may bring a new model
             await asyncio.to_thread(self.store.save_reference, stream)
+            await self._went_live(stream)
 
     async def merge(self, model: str, variant: str, profile: bytes, rows: int, at: float | None = None) -> None:
         """Add a batch profile to the window that holds `at` (default: now)."""
@@ -135,12 +142,26 @@ class DriftMonitor:
             stream = self.streams.get((model, variant))
             if stream is None:
                 raise LookupError(f"{model}/{variant} merged a profile before registering")
+            await self._went_live(stream)
             if stream.window_start is not None and stream.window_start != start and stream.profile is not None:
                 await self._close(stream)
             stream.window_start = start
             stream.profile = await asyncio.to_thread(merge_profiles, stream.profile, profile)
             stream.rows += rows
             await asyncio.to_thread(self.store.save_open, stream)
+
+    async def _went_live(self, stream: Stream) -> None:
+        """A stream's gauges are exported from its first sign of life in this replica: its last closed window
+        (from disk, after a restart) until the next one closes. Streams on disk that never come back (a variant
+        removed from the app) are not exported, so their series end and `DriftMonitorStale` reports them."""
+        key = (stream.model, stream.variant)
+        if key in self.live:
+            return
+        self.live.add(key)
+        last = await asyncio.to_thread(self.store.last_window, stream.model, stream.variant)
+        if last is not None:
+            self.exporter.export(stream.model, stream.variant, DriftReport.from_dict(last), last["window_end"],
+                                 self.settings.window_s)
 
     async def close_due(self, now: float | None = None) -> int:
         """Close every open window whose time is up; returns how many closed."""
@@ -159,7 +180,7 @@ class DriftMonitor:
         report = await asyncio.to_thread(compare_profiles, stream.reference, stream.profile, schema["numeric"],
                                          schema["categorical"], self.settings, schema.get("label"),
                                          schema.get("regression", False))
-        self.exporter.export(stream.model, stream.variant, report, end)
+        self.exporter.export(stream.model, stream.variant, report, end, self.settings.window_s)
         await asyncio.to_thread(self.store.save_window, stream, end, report.to_dict())
         if report.drifted:
             logger.warning("drift: %s/%s window ending %s: %s", stream.model, stream.variant, end, report.drifted)

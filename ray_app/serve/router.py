@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from ray_app.serve.validation import RequestError, parse_body
+from ray_app.telemetry import HeldGauges
 
 logger = logging.getLogger("ray.serve")
 LATENCY_BUCKETS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
@@ -106,6 +107,7 @@ class ABRouter:
                                 tag_keys=(*tags, "outcome"))
         self.weight = Gauge("ab_weight", description="configured share of traffic, percent (the rollout step)",
                             tag_keys=tags)
+        self.held = HeldGauges()  # the weight is a state: re-set every second, or Ray's agent drops it in ~20 s
         self.label_error = Histogram("ab_feedback_abs_error", description="absolute error of labelled predictions "
                                      "(regression)", boundaries=[0.1, 0.5, 1, 2, 5, 10, 20, 50, 100], tag_keys=tags)
 
@@ -117,11 +119,13 @@ class ABRouter:
         logger.info("router %s: weights %s, shadow %s", settings.experiment, settings.weights, settings.shadow)
 
     def _apply(self, settings: RouterSettings) -> None:
-        self.settings = settings
+        previous, self.settings = self.settings, settings
         total = sum(settings.weights.values())
         for name in self.variants:
-            self.weight.set(100 * settings.weights.get(name, 0) / total,
-                            tags={"experiment": settings.experiment, "variant": name})
+            if previous is not None and previous.experiment != settings.experiment:
+                self.held.forget(self.weight, {"experiment": previous.experiment, "variant": name})
+            self.held.set(self.weight, 100 * settings.weights.get(name, 0) / total,
+                          {"experiment": settings.experiment, "variant": name})
 
     def _choose(self, request: Request, payload: object) -> str:
         forced = request.headers.get(self.settings.force_header)

@@ -15,6 +15,7 @@ from torch import nn
 
 from ray_app.data.preprocess import FEATURES_COLUMN, TARGET_COLUMN
 from ray_app.metrics import classification_metrics, regression_metrics
+from ray_app.telemetry import HeldGauges
 from ray_app.train.model import MLPSpec, TabularMLP
 
 CHECKPOINT_FILE = "state.pt"
@@ -100,14 +101,15 @@ class _EpochGauges:
         from ray.util.metrics import Gauge
 
         self.run = run
+        self.held = HeldGauges()  # held between epochs: an epoch longer than Ray's gauge TTL (~20 s) left gaps
         self.epoch = Gauge("train_epoch", "last finished epoch of a training run or tuning trial", tag_keys=("run",))
         self.value = Gauge("train_metric", "metrics of the last finished epoch", tag_keys=("run", "metric"))
 
     def set(self, metrics: dict) -> None:
-        self.epoch.set(metrics["epoch"], tags={"run": self.run})
+        self.held.set(self.epoch, metrics["epoch"], {"run": self.run})
         for name, value in metrics.items():
             if name.startswith(("train_loss", "val_")) and np.isfinite(value):
-                self.value.set(float(value), tags={"run": self.run, "metric": name})
+                self.held.set(self.value, float(value), {"run": self.run, "metric": name})
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -164,3 +166,5 @@ def train_loop_per_worker(config: dict) -> None:
             logger.log(metrics, step=epoch)
         if gauges is not None:
             gauges.set(metrics)
+    if gauges is not None:
+        gauges.held.stop()

@@ -26,6 +26,7 @@ from tests.conftest import (
     ROOT,
     SERVE_PORT,
     free_port,
+    start_prometheus,
     start_service,
     stop_service,
     tool,
@@ -40,14 +41,9 @@ def alerting(ray_cluster, paths, tmp_path):
     """Prometheus (shipped drift rules, durations scaled) -> Alertmanager (shipped route) -> the retrain webhook."""
     import uvicorn
 
-    prom_port, am_port, hook_port = free_port(), free_port(), free_port()
+    am_port, hook_port = free_port(), free_port()
     rules = (ROOT / "cluster" / "prometheus" / "rules" / "drift.yml").read_text().replace("for: 10m", "for: 4s")
     (tmp_path / "drift.yml").write_text(rules)
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(tmp_path / "drift.yml")],
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
-        "scrape_configs": [{"job_name": "ray", "static_configs": [{"targets": [ray_cluster["metrics"]]}]}]}))
     am = yaml.safe_load((ROOT / "cluster" / "alertmanager" / "alertmanager.yml").read_text())
     am["route"].update(group_wait="1s", group_interval="2s", repeat_interval="3s")  # re-sends, to be de-duplicated
     am["receivers"][1]["webhook_configs"][0]["url"] = f"http://127.0.0.1:{hook_port}/alerts"
@@ -71,11 +67,10 @@ def alerting(ray_cluster, paths, tmp_path):
                              f"--storage.path={tmp_path / 'am'}", f"--web.listen-address=127.0.0.1:{am_port}",
                              "--cluster.listen-address="], f"http://127.0.0.1:{am_port}/-/ready",
                             tmp_path / "alertmanager.log")
-    prom_proc = start_service([tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
-                               f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                               f"--web.listen-address=127.0.0.1:{prom_port}"],
-                              f"http://127.0.0.1:{prom_port}/-/ready", tmp_path / "prometheus.log")
-    yield {"prometheus": f"http://127.0.0.1:{prom_port}", "webhook": webhook, "calls": calls}
+    prom_url, prom_proc = start_prometheus(
+        tmp_path, ray_cluster["metrics"], rule_files=[str(tmp_path / "drift.yml")],
+        alerting={"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]})
+    yield {"prometheus": prom_url, "webhook": webhook, "calls": calls}
     stop_service(prom_proc)
     stop_service(am_proc)
     server.should_exit = True

@@ -37,6 +37,50 @@ def test_serve_deploy_single_yaml_serves(champion, ray_cluster):
         serve.delete("model")
 
 
+def test_readme_serving_section_on_a_running_cluster(champion, ray_cluster, paths):
+    """README, "Serving": on a cluster that `ray start` runs, `ray-app train --alias champion` joins it by itself
+    (no RAY_ADDRESS: the CLI once passed num_cpus to that join and crashed), then `serve deploy
+    serve_configs/single.yaml` serves the new champion."""
+    from ray_app.registry import ModelRegistry
+
+    env = {k: v for k, v in ray_cluster["env"].items() if k != "RAY_ADDRESS"}
+    small = ["--set", "data.synthetic={rows: 1500, drift: 0.0}", "--set", "train.num_workers=1",
+             "--set", "train.epochs=2"]
+    registry = ModelRegistry(paths.tracking_uri)
+    try:
+        trained = subprocess.run([str(BIN / "ray-app"), "train", "--alias", "champion", *small], env=env,
+                                 capture_output=True, text=True, timeout=300)
+        assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-3000:]
+        joined = f"[ray] running on the Ray cluster at 127.0.0.1:{ray_cluster['port']} (a local cluster started by"
+        assert joined in trained.stderr, trained.stderr[-3000:]
+        version = registry.alias_version(champion.model.name, "champion")
+        assert version != champion.model.version
+        deploy = subprocess.run([str(BIN / "serve"), "deploy", "--address", ray_cluster["dashboard"],
+                                 str(ROOT / "serve_configs" / "single.yaml")], env=env, capture_output=True,
+                                text=True, timeout=120)
+        assert deploy.returncode == 0, deploy.stderr
+        expected = f"models:/{champion.model.name}/{version}"
+        schema = wait_until(lambda: (s := _get_json(f"http://127.0.0.1:{SERVE_PORT}/schema")) and
+                            s["model"] == expected and s, timeout=180, what="the new champion deployed")
+        row = {name: 0.1 for name in schema["schema"]["numeric"]}
+        row.update({name: values[0] for name, values in schema["schema"]["categorical"].items()})
+        answer = httpx.post(f"http://127.0.0.1:{SERVE_PORT}/predict", json={"instances": [row]}, timeout=30)
+        assert answer.status_code == 200 and answer.json()["model"] == expected, answer.text
+    finally:
+        registry.set_alias(champion.model.name, "champion", champion.model.version)  # other tests serve it
+        serve.delete("model")
+
+
+def test_a_stage_with_local_runs_on_a_private_ray_next_to_the_cluster(ray_cluster, tmp_path):
+    env = {k: v for k, v in ray_cluster["env"].items() if k != "RAY_ADDRESS"}
+    env["RAY_APP_HOME"] = str(tmp_path)
+    done = subprocess.run([str(BIN / "ray-app"), "ingest", "--local", "--set", "data.source=breast_cancer"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[ray] running on a private local Ray on 127.0.0.1" in done.stderr
+    assert json.loads(done.stdout[done.stdout.index("{"):])["dataset_version"]["num_rows"] == 569
+
+
 def _get_json(url: str):
     try:
         response = httpx.get(url, timeout=10)

@@ -31,6 +31,12 @@ def test_rule_unit_tests_pass():
 @pytest.mark.parametrize(("rule_file", "before", "after"), [
     ("drift.yml", "ray_app:drift_effect_size:max >= 0.1", "ray_app:drift_effect_size:max >= 0.5"),
     ("drift.yml", "for: 10m", "for: 1m"),
+    # a drifted window held after traffic stopped must not count as consecutive windows
+    ("drift.yml", "and on (model, variant) ray_app:drift_window_end:max > time() - 2 * "
+     "ray_app:drift_window_seconds:max", ""),
+    # a dead monitor's gauges vanish: staleness must come from history, not from the live series
+    ("drift.yml", "max_over_time(ray_drift_window_end_timestamp_seconds[1d])",
+     "ray_drift_window_end_timestamp_seconds"),
     ("serving.yml", "ray_app:ab_error_ratio:rate1m > 0.05", "ray_app:ab_error_ratio:rate1m > 0.5"),
 ])
 def test_rule_unit_tests_fail_when_a_rule_is_broken(tmp_path, rule_file, before, after):
