@@ -1,6 +1,7 @@
 """The stages as a user drives them against `ray start --head`: `serve deploy` and `ray job submit`."""
 
 import json
+import re
 import subprocess
 
 import httpx
@@ -51,8 +52,10 @@ def test_readme_serving_section_on_a_running_cluster(champion, ray_cluster, path
         trained = subprocess.run([str(BIN / "ray-app"), "train", "--alias", "champion", *small], env=env,
                                  capture_output=True, text=True, timeout=300)
         assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-3000:]
-        joined = f"[ray] running on the Ray cluster at 127.0.0.1:{ray_cluster['port']} (a local cluster started by"
-        assert joined in trained.stderr, trained.stderr[-3000:]
+        # `ray start` records the node's own address (not 127.0.0.1) for the cluster: match on the port
+        joined = re.search(r"\[ray\] running on the Ray cluster at \S+:(\d+) \(a local cluster started by",
+                           trained.stderr)
+        assert joined and int(joined.group(1)) == ray_cluster["port"], trained.stderr[-3000:]
         version = registry.alias_version(champion.model.name, "champion")
         assert version != champion.model.version
         deploy = subprocess.run([str(BIN / "serve"), "deploy", "--address", ray_cluster["dashboard"],
