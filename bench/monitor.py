@@ -34,7 +34,7 @@ def frame(rng, n: int, shift: float = 0.0) -> pd.DataFrame:
 
 
 def profiling_rate(rng) -> dict[int, float]:
-    from ray_app.monitor.profiles import profile_frame
+    from ray_app.profiles import profile_frame
 
     rates = {}
     for rows in (256, 10_000):
@@ -50,7 +50,7 @@ def profiling_rate(rng) -> dict[int, float]:
 def monitoring_cost_per_row(rng, batch: int = 256) -> float:
     """What the monitoring path costs a served row, in microseconds of CPU: the variant concatenates its buffered
     one-row frames and profiles them, the monitor merges the profile into the open window."""
-    from ray_app.monitor.profiles import merge_profiles, profile_frame
+    from ray_app.profiles import merge_profiles, profile_frame
 
     rows = [frame(rng, 1) for _ in range(batch)]
     window = profile_frame(frame(rng, 20_000))
@@ -74,7 +74,7 @@ def alert_stream(flags: list[bool]) -> list[int]:
 def detection(rng, window_rows: int, stationary: int, episodes: int) -> dict:
     from ray_app.config import MonitorConfig
     from ray_app.monitor.drift import compare_profiles
-    from ray_app.monitor.profiles import profile_frame
+    from ray_app.profiles import profile_frame
 
     settings = MonitorConfig(min_rows=200)
     numeric, categorical = [f"x{i}" for i in range(6)], ["segment", "channel"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from enum import IntEnum
 from pathlib import Path
 from typing import Literal
 
@@ -10,12 +11,20 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
-class UserError(Exception):
+class ExitCode(IntEnum):
+    """What every stage exits with, so any CI system can stop on a gate."""
+
+    OK = 0          # passed, promoted, done
+    REJECTED = 1    # a gate (data, model, rollout) said no; an offline drift report found drift
+    ERROR = 2       # a user error (one `error:` line) or a bug (a traceback)
+
+
+class UserError(ValueError):
     """A mistake the user can fix (a config, a data source, a cluster, a model URI). The CLI prints the message as
     one `error:` line and exits 2; anything else is a bug and keeps its traceback."""
 
 
-class ConfigError(UserError, ValueError):
+class ConfigError(UserError):
     """A configuration file that cannot be read or does not validate; the message names file and field."""
 
 

@@ -12,8 +12,7 @@ import pandas as pd
 from ray_app.config import GateConfig
 from ray_app.metrics import HIGHER_IS_BETTER, PRIMARY_METRIC, metric_value
 from ray_app.package import EXPORT_FILES, ModelBundle, export_model, parity_error
-
-EXIT_PROMOTED, EXIT_REJECTED, EXIT_ERROR = 0, 1, 2
+from ray_app.registry import ModelRegistry
 
 
 @dataclass(frozen=True)
@@ -47,6 +46,11 @@ class GateReport:
         if failed:
             return "; ".join(failed)
         return f"better than {self.champion} beyond noise" if self.champion else "meets every floor (no champion)"
+
+    def audit_details(self) -> dict:
+        """What a decision on this report records besides the verdict and reason."""
+        return {"holdout_version": self.holdout_version, "metric": self.metric, "figures": self.figures,
+                "checks": [{"name": c.name, "passed": c.passed, "observed": c.observed} for c in self.checks]}
 
     def render(self) -> str:
         verdict = "PROMOTE" if self.passed else "REJECT"
@@ -197,13 +201,8 @@ def evaluate_gate(challenger: ModelBundle, champion: ModelBundle | None, holdout
     return report
 
 
-def promote_if_better(registry, report: GateReport, name: str, version: str, audit_log, actor: str) -> bool:
-    """Act on a gate report: move the aliases when it passed, and audit the decision either way."""
-    previous = registry.promote(name, version) if report.passed else registry.alias_version(name, "champion")
-    registry.record_audit(name, version, {
-        "action": "promote" if report.passed else "reject", "actor": actor, "decision": report.passed,
-        "reason": report.reason, "champion_before": previous, "holdout_version": report.holdout_version,
-        "metric": report.metric, "figures": report.figures,
-        "checks": [{"name": c.name, "passed": c.passed, "observed": c.observed} for c in report.checks],
-    }, audit_log)
+def promote_if_better(registry: ModelRegistry, report: GateReport, name: str, version: str) -> bool:
+    """Act on a gate report: promote when it passed, reject otherwise; `record_decision` audits either way."""
+    registry.record_decision("promote" if report.passed else "reject", name, version, report.reason,
+                             **report.audit_details())
     return report.passed

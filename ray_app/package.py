@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from ray_app.config import UserError
 from ray_app.data.preprocess import FEATURES_COLUMN, TargetEncoding, load_preprocessor
 from ray_app.train.model import MLPSpec, TabularMLP
 
@@ -113,7 +114,7 @@ class ModelBundle:
             raise FileNotFoundError(f"{folder} is not a model bundle (no {_FILES['meta']})")
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != BUNDLE_FORMAT:
-            raise ValueError(f"{folder}: bundle format {meta.get('format')} is not supported (want {BUNDLE_FORMAT})")
+            raise UserError(f"{folder}: bundle format {meta.get('format')} is not supported (want {BUNDLE_FORMAT})")
         reference = folder / _FILES["reference"]
         return cls(
             mlp=MLPSpec(**meta["mlp"]),
@@ -162,3 +163,17 @@ def parity_error(bundle: ModelBundle, path: str | Path, fmt: str, rows: pd.DataF
     features = bundle.encode(rows)
     expected = bundle.model(torch.from_numpy(features)).numpy()
     return float(np.max(np.abs(run_exported(path, fmt, features) - expected)))
+
+
+class ParityError(UserError):
+    """An export whose outputs differ from the model's beyond the tolerance."""
+
+
+def export_checked(bundle: ModelBundle, folder: str | Path, fmt: str, rows: pd.DataFrame,
+                   tolerance: float) -> tuple[Path, float]:
+    """Export, then compare the exported network with the bundle's on `rows`; refuse it beyond `tolerance`."""
+    target = export_model(bundle, folder, fmt)
+    error = parity_error(bundle, target, fmt, rows)
+    if error > tolerance:
+        raise ParityError(f"{fmt} export differs from the model by {error:.2e} (tolerance {tolerance:.0e})")
+    return target, error

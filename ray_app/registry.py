@@ -14,6 +14,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from ray_app.config import RuntimePaths, UserError
 from ray_app.package import ModelBundle
 
 BUNDLE_ARTIFACT = "bundle"
@@ -55,24 +56,31 @@ def git_sha(cwd: str | Path | None = None) -> str:
 def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
     """`models:/name@alias` or `models:/name/version` to (name, alias, version)."""
     if not uri.startswith("models:/"):
-        raise ValueError(f"expected models:/<name>@<alias> or models:/<name>/<version>, got {uri!r}")
+        raise UserError(f"expected models:/<name>@<alias> or models:/<name>/<version>, got {uri!r}")
     rest = uri[len("models:/"):]
     if "@" in rest:
         name, alias = rest.split("@", 1)
         return name, alias, None
     name, _, version = rest.rpartition("/")
     if not name or not version.isdigit():
-        raise ValueError(f"expected models:/<name>@<alias> or models:/<name>/<version>, got {uri!r}")
+        raise UserError(f"expected models:/<name>@<alias> or models:/<name>/<version>, got {uri!r}")
     return name, None, version
 
 
 class ModelRegistry:
-    """One MLflow tracking store and model registry (SQLite by default)."""
+    """One MLflow tracking store and model registry (SQLite by default), and the audit log its decisions go to."""
 
-    def __init__(self, tracking_uri: str, artifact_root: str | None = None):
+    def __init__(self, tracking_uri: str, artifact_root: str | None = None, audit_log: Path | None = None,
+                 actor: str = "unknown"):
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
+        self.audit_log, self.actor = audit_log, actor
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    @classmethod
+    def from_paths(cls, paths: RuntimePaths) -> ModelRegistry:
+        """The registry of this installation: build it once per process and pass it down."""
+        return cls(paths.tracking_uri, paths.artifact_root, paths.audit_log, paths.actor)
 
     def _use_store(self) -> None:
         # MLflow's fluent API (log_model, download of models:/ URIs) reads the process-wide store URIs.
@@ -165,6 +173,33 @@ class ModelRegistry:
         self.client.set_registered_model_alias(name, "champion", previous)
         self.client.delete_registered_model_alias(name, "previous")
         return current, previous
+
+    def log_export(self, ref: ModelRef, folder: str | Path, fmt: str, parity: float) -> None:
+        """Keep an exported model on its version's run, and tag the version with the parity it reached."""
+        if ref.run_id:
+            self.client.log_artifacts(ref.run_id, str(folder), artifact_path=f"exports/v{ref.version}/{fmt}")
+        self.client.set_model_version_tag(ref.name, ref.version, f"export.{fmt}", f"parity {parity:.2e}")
+
+    def record_decision(self, action: str, name: str, version: str | None, reason: str, **details) -> dict:
+        """The one path for decisions: move the aliases the action implies, then append the audit record.
+
+        `promote` and `rollout-promote` make `version` the champion (the old one becomes `previous`); `reject` and
+        `rollout-rollback` move nothing; `rollback` puts `champion` back on `previous` (`version` is ignored).
+        `details` (figures, checks, steps, ...) go into the record as they are."""
+        if action in ("promote", "rollout-promote"):
+            champion_before, promoted = self.promote(name, version), True
+        elif action in ("reject", "rollout-rollback"):
+            champion_before, promoted = self.alias_version(name, "champion"), False
+        elif action == "rollback":
+            champion_before, version = self.rollback(name)
+            promoted, details = True, {"demoted": champion_before, **details}
+        else:
+            raise ValueError(f"unknown decision {action!r}")
+        if self.audit_log is None:
+            raise ValueError("this registry has no audit log: build it with ModelRegistry.from_paths")
+        return self.record_audit(name, version, {"action": action, "actor": self.actor, "decision": promoted,
+                                                 "reason": reason, "champion_before": champion_before, **details},
+                                 self.audit_log)
 
     def record_audit(self, name: str, version: str, record: dict, log_path: Path) -> dict:
         """Append the record to the JSONL audit log and tag it on the model version and the model."""

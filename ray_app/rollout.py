@@ -168,12 +168,13 @@ class RolloutController:
     """Runs `cfg.rollout` against a live router: weights through `set_weights`, metrics from Prometheus."""
 
     def __init__(self, cfg: ExperimentConfig, paths: RuntimePaths, set_weights: WeightSetter | None = None,
-                 prometheus: Prometheus | None = None, sleep: Callable[[float], None] = time.sleep):
+                 prometheus: Prometheus | None = None, sleep: Callable[[float], None] = time.sleep,
+                 registry: ModelRegistry | None = None):
         spec = cfg.rollout
         self.spec, self.model_name, self.paths, self.sleep = spec, cfg.registry.model_name, paths, sleep
         self.prometheus = prometheus or Prometheus(spec.prometheus_url or paths.prometheus_url)
         self.set_weights = set_weights or weight_setter(spec, paths)
-        self.registry = ModelRegistry(paths.tracking_uri, paths.artifact_root)
+        self.registry = registry or ModelRegistry.from_paths(paths)
         self.state_file = paths.home / "rollouts" / f"{spec.experiment}.json"
 
     def weights(self, percent: float) -> dict[str, float]:
@@ -218,22 +219,18 @@ class RolloutController:
         """Challenger takes all traffic and the `champion` alias; audited."""
         version = version or self.challenger_version()
         self.set_weights(self.weights(100))
-        previous = self.registry.promote(self.model_name, version)
-        return self._finish("promoted", reason, history or [], version, previous)
+        return self._finish("promoted", reason, history or [], version)
 
     def abort(self, reason: str, history: list[dict] | None = None, version: str | None = None) -> RolloutOutcome:
         """Champion takes all traffic back; the challenger keeps its alias; audited with the reason."""
         version = version or self.challenger_version()
         self.set_weights(self.weights(0))
-        return self._finish("rolled_back", reason, history or [], version,
-                            self.registry.alias_version(self.model_name, "champion"))
+        return self._finish("rolled_back", reason, history or [], version)
 
-    def _finish(self, decision, reason: str, history: list[dict], version: str, champion: str | None):
-        self.registry.record_audit(self.model_name, version, {
-            "action": "rollout-promote" if decision == "promoted" else "rollout-rollback",
-            "actor": self.paths.actor, "decision": decision == "promoted", "reason": reason,
-            "experiment": self.spec.experiment, "champion_before": champion, "steps": history,
-        }, self.paths.audit_log)
+    def _finish(self, decision, reason: str, history: list[dict], version: str) -> RolloutOutcome:
+        action = "rollout-promote" if decision == "promoted" else "rollout-rollback"
+        self.registry.record_decision(action, self.model_name, version, reason, experiment=self.spec.experiment,
+                                      steps=history)
         self._write_state({"status": decision, "version": version, "reason": reason, "steps": history})
         logger.info("rollout %s: %s (%s)", self.spec.experiment, decision, reason)
         return RolloutOutcome(decision, reason, history, version)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ray_app.config import DataConfig
+from ray_app.config import DataConfig, UserError
 from ray_app.data.sources import (
     DatasetVersion,
     FeatureSpec,
@@ -77,7 +77,7 @@ class TargetEncoding:
         codes = labels.map(index)
         if codes.isna().any():
             unseen = sorted(set(labels[codes.isna()].astype(str)))[:5]
-            raise ValueError(f"labels not seen in training: {unseen}")
+            raise UserError(f"labels not seen in training: {unseen}")
         return codes.to_numpy(dtype=np.int64)
 
     @classmethod
@@ -146,7 +146,7 @@ def prepare(cfg: DataConfig, data_dir, fold: tuple[int, int] | None = None) -> P
     spec = infer_spec(cfg, version.columns)
     raw = split_dataset(read_dataset(files), cfg, fold)
     if raw["train"].count() == 0:
-        raise ValueError("the train split is empty: the dataset is too small for the configured fractions")
+        raise UserError("the train split is empty: the dataset is too small for the configured fractions")
     preprocessor = build_preprocessor(spec).fit(raw["train"])
     target = TargetEncoding.fit(spec.task, raw["train"].select_columns([spec.label]).to_pandas()[spec.label])
     model_inputs = {

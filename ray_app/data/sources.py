@@ -20,7 +20,7 @@ BUILTIN_SETS = ("synthetic", "breast_cancer", "diabetes")
 SUPPORTED_SUFFIXES = (".parquet", ".csv")
 
 
-class DataSourceError(UserError, ValueError):
+class DataSourceError(UserError):
     """A data source that cannot be found, read or understood."""
 
 

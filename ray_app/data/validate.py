@@ -8,7 +8,7 @@ import pandas as pd
 
 from ray_app.config import DataGateConfig
 from ray_app.data.sources import FeatureSpec
-from ray_app.monitor.profiles import column_stats, profile_frame
+from ray_app.profiles import column_stats, profile_frame
 
 
 @dataclass(frozen=True)

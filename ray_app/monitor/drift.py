@@ -14,15 +14,27 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict
 from scipy import stats
 
 from ray_app.config import MonitorConfig
-from ray_app.monitor.profiles import ProfileReader, profile_frame
+from ray_app.profiles import ProfileReader, profile_frame
 
 GRID = list(np.linspace(0.0, 1.0, 101))
 PSI_BINS = [i / 10 for i in range(1, 10)]
 EPS = 1e-4
 PREDICTION = "prediction"
+
+
+class StreamSchema(BaseModel):
+    """What the monitor needs to know of a served model's inputs and output to compare them with its reference."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    numeric: list[str]
+    categorical: list[str]
+    label: str | None = None
+    regression: bool = False
 
 
 @dataclass

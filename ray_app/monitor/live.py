@@ -8,8 +8,8 @@ import logging
 import pandas as pd
 
 from ray_app.config import MonitorConfig
-from ray_app.monitor.drift import PREDICTION
-from ray_app.monitor.profiles import profile_frame
+from ray_app.monitor.drift import PREDICTION, StreamSchema
+from ray_app.profiles import profile_frame
 
 logger = logging.getLogger("ray.serve")
 
@@ -18,7 +18,8 @@ class LiveProfiler:
     """Buffers (rows, predictions); every `flush_rows` rows or `flush_s` seconds, profiles them in a thread and
     sends the profile to the DriftMonitor. Observing costs the request one list append."""
 
-    def __init__(self, monitor, model: str, variant: str, reference: bytes, schema: dict, settings: MonitorConfig):
+    def __init__(self, monitor, model: str, variant: str, reference: bytes, schema: StreamSchema,
+                 settings: MonitorConfig):
         self.monitor, self.model, self.variant, self.settings = monitor, model, variant, settings
         self.reference, self.schema = reference, schema
         self.pending: list[tuple[pd.DataFrame, list]] = []
@@ -62,5 +63,5 @@ class LiveProfiler:
     def _profile(self, batch: list[tuple[pd.DataFrame, list]]) -> bytes:
         frame = pd.concat([rows for rows, _ in batch], ignore_index=True)
         predictions = [p for _, preds in batch for p in preds]
-        frame[PREDICTION] = predictions if self.schema.get("regression") else [str(p) for p in predictions]
+        frame[PREDICTION] = predictions if self.schema.regression else [str(p) for p in predictions]
         return profile_frame(frame)

@@ -17,9 +17,9 @@ from pathlib import Path
 from ray import serve
 
 from ray_app.config import MonitorConfig
-from ray_app.monitor.drift import DriftReport, compare_profiles
+from ray_app.monitor.drift import DriftReport, StreamSchema, compare_profiles
 from ray_app.monitor.exporter import DriftExporter
-from ray_app.monitor.profiles import merge_profiles
+from ray_app.profiles import merge_profiles
 
 logger = logging.getLogger("ray.serve")
 
@@ -31,7 +31,7 @@ class Stream:
     model: str
     variant: str
     reference: bytes
-    schema: dict  # numeric, categorical, label, regression
+    schema: StreamSchema
     window_start: float | None = None
     profile: bytes | None = None
     rows: int = 0
@@ -57,7 +57,7 @@ class WindowStore:
         folder.mkdir(parents=True, exist_ok=True)
         _atomic_write(folder / "reference.bin", stream.reference)
         _atomic_write(folder / "schema.json", json.dumps({"model": stream.model, "variant": stream.variant,
-                                                          **stream.schema}).encode())
+                                                          **stream.schema.model_dump()}).encode())
 
     def save_open(self, stream: Stream) -> None:
         folder = self._dir(stream.model, stream.variant)
@@ -81,7 +81,7 @@ class WindowStore:
         for schema_file in self.folder.glob("*/*/schema.json"):
             folder, schema = schema_file.parent, json.loads(schema_file.read_text())
             model, variant = schema.pop("model"), schema.pop("variant")
-            stream = Stream(model, variant, (folder / "reference.bin").read_bytes(), schema)
+            stream = Stream(model, variant, (folder / "reference.bin").read_bytes(), StreamSchema(**schema))
             if (folder / "open.json").exists():
                 state = json.loads((folder / "open.json").read_text())
                 stream.window_start, stream.rows = state["window_start"], state["rows"]
@@ -125,7 +125,7 @@ class DriftMonitor:
             except Exception:
                 logger.exception("drift monitor: closing windows failed")
 
-    async def register(self, model: str, variant: str, reference: bytes, schema: dict) -> None:
+    async def register(self, model: str, variant: str, reference: bytes, schema: StreamSchema) -> None:
         """A variant announces itself with its bundle's reference profile and feature schema."""
         self._start_clock()
         async with self._lock:
@@ -177,9 +177,8 @@ class DriftMonitor:
     async def _close(self, stream: Stream) -> None:
         end = stream.window_start + self.settings.window_s
         schema = stream.schema
-        report = await asyncio.to_thread(compare_profiles, stream.reference, stream.profile, schema["numeric"],
-                                         schema["categorical"], self.settings, schema.get("label"),
-                                         schema.get("regression", False))
+        report = await asyncio.to_thread(compare_profiles, stream.reference, stream.profile, schema.numeric,
+                                         schema.categorical, self.settings, schema.label, schema.regression)
         self.exporter.export(stream.model, stream.variant, report, end, self.settings.window_s)
         await asyncio.to_thread(self.store.save_window, stream, end, report.to_dict())
         if report.drifted:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
-from ray_app.config import MonitorConfig, RuntimePaths, ServeSettings
+from ray_app.config import ExperimentConfig, MonitorConfig, RuntimePaths, ServeSettings
 from ray_app.serve.variant import ModelVariant, RegistryLoader
 
 # Replicas run user code on their own event loop rather than Ray's default second thread: both deployments keep
@@ -29,15 +29,9 @@ class VariantArgs(BaseModel):
     num_replicas: int = Field(1, ge=1)
     num_cpus: float = Field(0.5, gt=0)
     batching: bool = True
-    max_rows: int = Field(1000, ge=1)
-    max_batch_size: int = Field(32, ge=1)
-    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    serve: ServeSettings = ServeSettings()  # max_rows, max_batch_size, batch_wait_timeout_s
     monitor: MonitorConfig = MonitorConfig()
     monitor_dir: str | None = None  # default: $RAY_APP_HOME/monitor
-
-    def settings(self) -> ServeSettings:
-        return ServeSettings(max_rows=self.max_rows, max_batch_size=self.max_batch_size,
-                             batch_wait_timeout_s=self.batch_wait_timeout_s)
 
 
 def monitor_app(settings: MonitorConfig, folder: str | None = None) -> Application:
@@ -53,8 +47,31 @@ def variant_app(args: VariantArgs, loader=None, monitor: Application | None = No
     loader = loader or RegistryLoader(args.tracking_uri or RuntimePaths.resolve().tracking_uri)
     deployment = ModelVariant.options(name=f"variant-{args.variant}", num_replicas=args.num_replicas,
                                       ray_actor_options=replica_options(args.num_cpus))
-    return deployment.bind(args.model_uri, loader, args.settings(), args.variant, args.batching, monitor,
-                           args.monitor)
+    return deployment.bind(args.model_uri, loader, args.serve, args.variant, args.batching, monitor, args.monitor)
+
+
+def start_serving(model_uri: str, cfg: ExperimentConfig, paths: RuntimePaths, port: int,
+                  batching: bool = True) -> str:
+    """Run one model variant on Serve at http://127.0.0.1:<port>/ (monitored per `cfg.monitor`); returns the
+    predict URL."""
+    from ray import serve
+
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app = build_single(VariantArgs(model_uri=model_uri, tracking_uri=paths.tracking_uri, batching=batching,
+                                   monitor=cfg.monitor, serve=cfg.serve).model_dump())
+    serve.run(app, name="model", route_prefix="/")
+    return f"http://127.0.0.1:{port}/predict"
+
+
+def wait_for_interrupt() -> None:
+    """Keep this process (and the Serve app it started) alive until Ctrl-C."""
+    import time
+
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
 
 
 def build_single(args: dict) -> Application:

@@ -48,6 +48,7 @@ class ModelVariant:
                  monitor_settings: MonitorConfig | None = None):
         import torch
 
+        from ray_app.monitor.drift import StreamSchema
         from ray_app.monitor.live import LiveProfiler
 
         torch.set_num_threads(1)  # small MLPs: one thread per replica beats oversubscribing the cores
@@ -59,9 +60,9 @@ class ModelVariant:
         self.profiler = None
         if monitor is not None and self.bundle.reference_profile is not None:
             schema = self.bundle.schema
-            self.profiler = LiveProfiler(monitor, self.ref.name, variant, self.bundle.reference_profile,
-                                         {"numeric": schema.numeric, "categorical": list(schema.categorical),
-                                          "label": schema.label, "regression": schema.task == "regression"},
+            stream = StreamSchema(numeric=schema.numeric, categorical=list(schema.categorical), label=schema.label,
+                                  regression=schema.task == "regression")
+            self.profiler = LiveProfiler(monitor, self.ref.name, variant, self.bundle.reference_profile, stream,
                                          monitor_settings or MonitorConfig())
         logger.info("variant %s serving %s (%s)", variant, self.ref.uri, model_uri)
 

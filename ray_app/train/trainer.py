@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ray_app.config import ExperimentConfig, RuntimePaths
+from ray_app.config import ExperimentConfig, RuntimePaths, UserError
 from ray_app.data.preprocess import PreparedData
 from ray_app.train.loop import CHECKPOINT_FILE, LoopSettings, train_loop_per_worker
 from ray_app.train.model import MLPSpec
@@ -66,7 +66,7 @@ def check_storage(storage_path: str) -> None:
 
     nodes = [node for node in ray.nodes() if node.get("Alive")]
     if len(nodes) > 1 and "://" not in storage_path:
-        raise ValueError(
+        raise UserError(
             f"storage path {storage_path!r} is a local folder but the cluster has {len(nodes)} nodes: "
             "set RAY_APP_STORAGE to an s3:// or gs:// URI, or file:///path on a filesystem every node mounts"
         )

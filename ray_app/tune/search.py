@@ -7,10 +7,10 @@ import os
 import time
 from dataclasses import dataclass
 
-from ray_app.config import Distribution, ExperimentConfig, RuntimePaths, TuneConfig
+from ray_app.config import Distribution, ExperimentConfig, RuntimePaths, TuneConfig, UserError
 from ray_app.data.preprocess import PreparedData, prepare
+from ray_app.evaluate import evaluate_and_register, run_params, run_tags
 from ray_app.metrics import HIGHER_IS_BETTER, PRIMARY_METRIC
-from ray_app.pipeline import evaluate_and_register, run_params, run_tags
 from ray_app.registry import ModelRef, ModelRegistry
 from ray_app.train.trainer import build_trainer, loop_settings, outcome_from_checkpoint
 from ray_app.tune.cv import CrossValidation, cross_validate
@@ -71,7 +71,7 @@ def max_concurrent_trials(cfg: ExperimentConfig, resources: dict[str, float]) ->
     if cfg.train.use_gpu:
         fits = min(fits, math.floor(resources.get("GPU", 0) / cfg.train.num_workers + 1e-9))
     if fits < 1:
-        raise ValueError(f"one trial needs {per_trial:g} CPUs (tune.trial_cpus + train.num_workers x "
+        raise UserError(f"one trial needs {per_trial:g} CPUs (tune.trial_cpus + train.num_workers x "
                          f"train.cpus_per_worker) but the cluster has {resources.get('CPU', 0):g}")
     return min(fits, cfg.tune.max_concurrent or fits)
 
@@ -83,7 +83,7 @@ def tune_trial(params: dict, cfg: ExperimentConfig, data: PreparedData, paths: R
 
     trial_cfg = apply_params(cfg, params)
     name = tune.get_context().get_trial_name()
-    registry = ModelRegistry(paths.tracking_uri, paths.artifact_root)
+    registry = ModelRegistry.from_paths(paths)  # in the trial's own process
     run_id = registry.start_run(cfg.registry.experiment, name, {**run_params(trial_cfg), **params},
                                 {**run_tags(trial_cfg, data, name), "mlflow.parentRunId": parent_run_id})
     settings = loop_settings(trial_cfg, data, paths.tracking_uri, run_id)
@@ -141,13 +141,13 @@ def build_tuner(cfg: ExperimentConfig, data: PreparedData, paths: RuntimePaths, 
     )
 
 
-def run_tuning(cfg: ExperimentConfig, paths: RuntimePaths, name: str | None = None,
-               resume: bool = False) -> TuningReport:
+def run_tuning(cfg: ExperimentConfig, paths: RuntimePaths, name: str | None = None, resume: bool = False,
+               registry: ModelRegistry | None = None) -> TuningReport:
     """Search, then register the best trial's model as a new version with alias `challenger`."""
     if not cfg.tune.space:
-        raise ValueError("the spec has no tune.space to search")
+        raise UserError("the spec has no tune.space to search")
     data = prepare(cfg.data, paths.data_dir)
-    registry = ModelRegistry(paths.tracking_uri, paths.artifact_root)
+    registry = registry or ModelRegistry.from_paths(paths)
     name = name or f"tune-{cfg.name}"
     parent = _parent_run(registry, cfg, data, name, resume)
     results = build_tuner(cfg, data, paths, name, parent, resume).fit()

@@ -16,9 +16,10 @@ import pytest
 from ray import serve
 
 from ray_app.config import MonitorConfig
+from ray_app.monitor.drift import StreamSchema
 from ray_app.monitor.exporter import EXPORTED
-from ray_app.monitor.profiles import profile_frame
 from ray_app.monitor.service import DriftMonitor
+from ray_app.profiles import profile_frame
 from ray_app.serve.router import ABRouter
 from tests.conftest import FAST_METRICS, ROOT, start_prometheus, stop_service, wait_until
 
@@ -28,7 +29,7 @@ WINDOW_S = 30.0
 RAY_GAUGE_TTL_S = 20.0  # 2 x Ray's default 10 s export interval
 SCRAPE_S = 1.0
 APP = "drift-alerts"
-SCHEMA = {"numeric": ["x0", "x1"], "categorical": [], "label": None, "regression": False}
+SCHEMA = StreamSchema(numeric=["x0", "x1"], categorical=[])
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ import yaml
 from ray import serve
 
 from ray_app.config import MonitorConfig
+from ray_app.loop import RayJobs, RetrainWebhook, webhook_app
 from ray_app.monitor.exporter import EXPORTED
 from ray_app.monitor.service import DriftMonitor
-from ray_app.monitor.webhook import RayJobs, RetrainWebhook, webhook_app
 from ray_app.serve.app import VariantArgs, variant_app
 from tests.conftest import (
     ADMIN_TOKEN,

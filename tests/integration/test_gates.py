@@ -5,8 +5,8 @@ import pytest
 import yaml
 
 from ray_app.cli import main
+from ray_app.config import ExitCode
 from ray_app.data.sources import synthetic_frame
-from ray_app.gate import EXIT_ERROR, EXIT_PROMOTED, EXIT_REJECTED
 from ray_app.pipeline import gate_and_promote, run_gate, run_training
 from ray_app.registry import ModelRegistry, read_audit
 from tests.conftest import small_config
@@ -48,16 +48,16 @@ def test_promotion_lifecycle(versions, paths):
     audit_before = len(read_audit(paths.audit_log))
 
     report, code = gate_and_promote(cfg, paths, v1.uri)  # no champion yet: the floors decide
-    assert code == EXIT_PROMOTED, report.render()
+    assert code == ExitCode.OK, report.render()
     assert report.champion is None and registry.alias_version(NAME, "champion") == v1.version
 
     report, code = gate_and_promote(cfg, paths, v2.uri)
-    assert code == EXIT_REJECTED, report.render()
+    assert code == ExitCode.REJECTED, report.render()
     assert not next(c for c in report.checks if c.name.startswith("better than champion")).passed
     assert registry.alias_version(NAME, "champion") == v1.version
 
     report, code = gate_and_promote(cfg, paths, v3.uri)
-    assert code == EXIT_PROMOTED, report.render()
+    assert code == ExitCode.OK, report.render()
     assert report.figures["gain_ci_low"] > 0
     assert {c.name for c in report.checks} >= {"monotonic x0", "invariance channel", "export parity onnx",
                                                "slice segment=a accuracy", "latency p99 (1 row)"}
@@ -89,9 +89,9 @@ def _write_spec(cfg, path):
 def test_cli_exit_codes_and_exports(versions, paths, tmp_path):
     v1, v2, v3 = versions
     spec = str(_write_spec(gate_config(), tmp_path / "spec.yaml"))
-    assert main(["gate", "--spec", spec, "--challenger", v2.uri, "--no-promote"]) == EXIT_REJECTED
-    assert main(["gate", "--spec", spec, "--challenger", f"models:/{NAME}/999"]) == EXIT_ERROR
-    assert main(["gate", "--spec", spec, "--challenger", "not-a-uri"]) == EXIT_ERROR
+    assert main(["gate", "--spec", spec, "--challenger", v2.uri, "--no-promote"]) == ExitCode.REJECTED
+    assert main(["gate", "--spec", spec, "--challenger", f"models:/{NAME}/999"]) == ExitCode.ERROR
+    assert main(["gate", "--spec", spec, "--challenger", "not-a-uri"]) == ExitCode.ERROR
     wrong_way = gate_config().with_overrides(gate={"monotonic": [{"feature": "x0", "direction": "decreasing"}]})
     report, _ = run_gate(wrong_way, paths, v3.uri)
     assert not report.passed and report.reason.startswith("monotonic x0")
@@ -100,7 +100,7 @@ def test_cli_exit_codes_and_exports(versions, paths, tmp_path):
     bad = synthetic_frame(400, seed=9).drop(columns=["x3"])
     bad.loc[:40, "x0"] = np.nan
     bad.to_parquet(tmp_path / "bad.parquet", index=False)
-    assert main(["validate", "--spec", spec, "--data", str(tmp_path / "bad.parquet")]) == EXIT_REJECTED
+    assert main(["validate", "--spec", spec, "--data", str(tmp_path / "bad.parquet")]) == ExitCode.REJECTED
 
     for fmt, filename in (("onnx", "model.onnx"), ("torchscript", "model.torchscript.pt")):
         assert main(["export", "--spec", spec, "--model-uri", v1.uri, "--format", fmt,

@@ -7,6 +7,7 @@ import pytest
 from ray import serve
 
 from ray_app.cli import main
+from ray_app.config import ServeSettings
 from ray_app.registry import ModelRegistry
 from ray_app.serve.app import VariantArgs, variant_app
 from ray_app.serve.variant import BundleDirLoader
@@ -32,7 +33,7 @@ def sample_rows(champion_bundle) -> pd.DataFrame:
 def served(champion, paths):
     serve.start(http_options={"host": "127.0.0.1", "port": SERVE_PORT})
     args = VariantArgs(model_uri=f"models:/{champion.model.name}@champion", tracking_uri=paths.tracking_uri,
-                       variant="champion", max_rows=100)
+                       variant="champion", serve=ServeSettings(max_rows=100))
     serve.run(variant_app(args), name="test-single", route_prefix="/single")
     yield f"{BASE}/single"
     serve.delete("test-single")

@@ -6,7 +6,7 @@ import pytest
 from ray_app.config import DataGateConfig
 from ray_app.data.sources import FeatureSpec, synthetic_frame
 from ray_app.data.validate import Reference, validate_frame
-from ray_app.monitor.profiles import profile_frame
+from ray_app.profiles import profile_frame
 
 SPEC = FeatureSpec(label="label", numeric=[f"x{i}" for i in range(6)], categorical=["segment", "channel"],
                    task="classification")

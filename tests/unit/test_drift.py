@@ -6,7 +6,7 @@ import pytest
 
 from ray_app.config import MonitorConfig
 from ray_app.monitor.drift import compare_frames, compare_profiles, psi, write_report
-from ray_app.monitor.profiles import profile_frame
+from ray_app.profiles import profile_frame
 
 SETTINGS = MonitorConfig(min_rows=100)
 

@@ -4,7 +4,7 @@ firing alerts labelled action=retrain. Ray's Jobs API is stood in by a recorder 
 import pytest
 
 from ray_app.config import RuntimePaths
-from ray_app.monitor.webhook import RetrainWebhook
+from ray_app.loop import RetrainWebhook
 
 
 class RecordedJobs:
@@ -69,7 +69,7 @@ def test_malformed_payloads_get_422(webhook, payload):
 def test_http_routes_need_the_token_and_reach_the_rollout_control(webhook):
     from starlette.testclient import TestClient
 
-    from ray_app.monitor.webhook import webhook_app
+    from ray_app.loop import webhook_app
 
     actions = []
     client = TestClient(webhook_app(webhook, "s3cret", lambda action, reason: actions.append((action, reason))

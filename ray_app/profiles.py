@@ -1,4 +1,4 @@
-"""The whylogs adapter: the only module that imports whylogs (1.6.4, unmaintained; see DESIGN.md)."""
+"""The whylogs adapter: the only module that imports whylogs (1.6.4, unmaintained; see docs/architecture.md)."""
 
 from __future__ import annotations
 

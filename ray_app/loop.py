@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ray_app.config import ExperimentConfig, RuntimePaths
+from ray_app.config import ExperimentConfig, RuntimePaths, UserError
 
 logger = logging.getLogger(__name__)
 ACTIVE = {"PENDING", "RUNNING"}
@@ -156,6 +156,6 @@ def serve_webhook(cfg: ExperimentConfig, paths: RuntimePaths, spec: str | None, 
     import uvicorn
 
     if not paths.admin_token:
-        raise ValueError("set RAY_APP_ADMIN_TOKEN: the webhook accepts only requests that carry it")
+        raise UserError("set RAY_APP_ADMIN_TOKEN: the webhook accepts only requests that carry it")
     app = webhook_app(RetrainWebhook(paths, spec), paths.admin_token, rollout_control(cfg, paths))
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -1,0 +1,225 @@
+"""What each `ray-app` stage does and prints, given its parsed options (`cli.py` parses and dispatches)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+
+from ray_app.config import ExitCode, ExperimentConfig, RuntimePaths
+from ray_app.connect import connect_ray
+
+
+@dataclass
+class Stage:
+    """What a stage gets: its parsed options, the config, the runtime paths, and the registry (built once)."""
+
+    args: argparse.Namespace
+    cfg: ExperimentConfig
+    paths: RuntimePaths
+
+    @cached_property
+    def registry(self):
+        from ray_app.registry import ModelRegistry
+
+        return ModelRegistry.from_paths(self.paths)
+
+    @property
+    def model_name(self) -> str:
+        return getattr(self.args, "model_name", None) or self.cfg.registry.model_name
+
+
+def _print(obj: object) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _verdict(passed: bool) -> ExitCode:
+    return ExitCode.OK if passed else ExitCode.REJECTED
+
+
+def cmd_ingest(s: Stage) -> int:
+    from ray_app.data.preprocess import prepare
+
+    connect_ray(s.paths)
+    data = prepare(s.cfg.data, s.paths.data_dir)
+    _print({"dataset_version": data.version.model_dump(), "features": data.spec.model_dump(),
+            "splits": {name: ds.count() for name, ds in data.raw.items()}})
+    return ExitCode.OK
+
+
+def cmd_train(s: Stage) -> int:
+    from ray_app.pipeline import run_training
+
+    connect_ray(s.paths)
+    report = run_training(s.cfg, s.paths, run_name=s.args.run_name, registry=s.registry)
+    if s.args.alias:
+        s.registry.set_alias(report.model.name, s.args.alias, report.model.version)
+    _print({"model_uri": report.model.uri, "alias": s.args.alias, "mlflow_run_id": report.mlflow_run_id,
+            "dataset_version": report.dataset_version, "holdout": report.holdout, "baseline": report.baseline})
+    _print_mlflow_hint(s.paths, report.mlflow_run_id)
+    return ExitCode.OK
+
+
+def cmd_tune(s: Stage) -> int:
+    from ray_app.tune.search import run_tuning
+
+    connect_ray(s.paths, dashboard=True)
+    report = run_tuning(s.cfg, s.paths, name=s.args.name, resume=s.args.resume, registry=s.registry)
+    _print({"model_uri": report.model.uri, "alias": "challenger", "mlflow_run_id": report.mlflow_run_id,
+            "best_params": report.best_params, report.metric: report.best_metric, "trials": report.trials,
+            "trial_epochs": report.trial_epochs,
+            **({"cv": {"folds": report.cv.values, "mean": report.cv.mean, "std": report.cv.std}} if report.cv else {})})
+    _print_mlflow_hint(s.paths, report.mlflow_run_id)
+    return ExitCode.OK
+
+
+def cmd_register(s: Stage) -> int:
+    version = s.args.version or s.registry.latest_version(s.model_name).version
+    s.registry.set_alias(s.model_name, s.args.alias, version)
+    _print({"model": s.model_name, "version": version, "alias": s.args.alias,
+            "uri": f"models:/{s.model_name}@{s.args.alias}"})
+    return ExitCode.OK
+
+
+def cmd_aliases(s: Stage) -> int:
+    from ray_app.registry import ALIASES
+
+    _print({"model": s.model_name, **{alias: s.registry.alias_version(s.model_name, alias) for alias in ALIASES}})
+    return ExitCode.OK
+
+
+def cmd_predict(s: Stage) -> int:
+    from ray_app.serve.batch import score_files
+    from ray_app.serve.variant import RegistryLoader
+
+    connect_ray(s.paths)
+    rows = score_files(s.args.input, s.args.output, s.args.model_uri, RegistryLoader(s.paths.tracking_uri),
+                       concurrency=s.args.concurrency)
+    _print({"rows_scored": rows, "output": s.args.output, "model_uri": s.args.model_uri})
+    return ExitCode.OK
+
+
+def cmd_validate(s: Stage) -> int:
+    from ray_app.pipeline import run_data_gate
+
+    report = run_data_gate(s.cfg, s.paths, s.args.data, registry=s.registry)
+    print(report.render())
+    return _verdict(report.passed)
+
+
+def cmd_gate(s: Stage) -> int:
+    from ray_app.pipeline import gate_and_promote, run_gate
+
+    if s.args.no_promote:
+        report, _ = run_gate(s.cfg, s.paths, s.args.challenger, s.registry)
+        print(report.render())
+        return _verdict(report.passed)
+    report, code = gate_and_promote(s.cfg, s.paths, s.args.challenger, s.registry)
+    print(report.render())
+    print(f"audit: {s.paths.audit_log}")
+    return code
+
+
+def cmd_pipeline(s: Stage) -> int:
+    from ray_app.pipeline import run_pipeline
+
+    connect_ray(s.paths)
+    code = run_pipeline(s.cfg, s.paths, canary=s.args.canary, registry=s.registry)
+    print(f"pipeline: {'PROMOTED' if code == ExitCode.OK else 'REJECTED'} (exit {code})")
+    return code
+
+
+def cmd_rollback(s: Stage) -> int:
+    record = s.registry.record_decision("rollback", s.model_name, None, s.args.reason)
+    _print({"model": s.model_name, "champion": record["version"], "demoted": record["demoted"],
+            "audit": str(s.paths.audit_log)})
+    return ExitCode.OK
+
+
+def cmd_rollout(s: Stage) -> int:
+    from ray_app.rollout import RolloutController
+
+    controller = RolloutController(s.cfg, s.paths, registry=s.registry)
+    if s.args.promote:
+        outcome = controller.promote(f"manual: {s.args.reason}")
+    elif s.args.abort:
+        outcome = controller.abort(f"manual: {s.args.reason}")
+    else:
+        outcome = controller.run()
+    _print(asdict(outcome))
+    print(f"rollout: {outcome.decision.upper()} (challenger version {outcome.version})")
+    return _verdict(outcome.decision == "promoted")
+
+
+def cmd_drift(s: Stage) -> int:
+    from ray_app.data.sources import read_frame, resolve_files
+    from ray_app.monitor.drift import compare_frames, write_report
+
+    reference, current = (read_frame(resolve_files(source)) for source in (s.args.reference, s.args.current))
+    report = compare_frames(reference, current, s.cfg.monitor)
+    written = write_report(report, reference, current, Path(s.args.output))
+    print(report.table())
+    print(f"drift: {len(report.drifted)} feature(s) drifted: {', '.join(report.drifted) or 'none'}; "
+          f"report in {', '.join(str(p) for p in written)}")
+    return _verdict(not report.drifted)
+
+
+def cmd_webhook(s: Stage) -> int:
+    from ray_app.loop import serve_webhook
+
+    serve_webhook(s.cfg, s.paths, s.args.spec, s.args.host, s.args.port)
+    return ExitCode.OK
+
+
+def cmd_export(s: Stage) -> int:
+    from ray_app.data.preprocess import holdout_frame
+    from ray_app.package import ParityError, export_checked
+
+    bundle, ref = s.registry.load_bundle(s.args.model_uri)
+    holdout, _ = holdout_frame(s.cfg.data, s.paths.data_dir)
+    try:
+        target, error = export_checked(bundle, s.args.output, s.args.format, holdout, s.cfg.gate.parity_tolerance)
+    except ParityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.REJECTED
+    s.registry.log_export(ref, s.args.output, s.args.format, error)
+    _print({"model": ref.uri, "format": s.args.format, "file": str(target), "parity_max_abs_diff": error})
+    return ExitCode.OK
+
+
+def cmd_serve(s: Stage) -> int:
+    from ray_app.serve.app import start_serving, wait_for_interrupt
+
+    connect_ray(s.paths)
+    url = start_serving(s.args.model_uri, s.cfg, s.paths, s.args.port, batching=not s.args.no_batching)
+    print(f"serving {s.args.model_uri} at {url} (GET {url.rsplit('/', 1)[0]}/schema); Ctrl-C stops")
+    if not s.args.detach:
+        wait_for_interrupt()
+    return ExitCode.OK
+
+
+def cmd_demo(s: Stage) -> int:
+    from ray_app.demo import run_demo
+    from ray_app.serve.app import wait_for_interrupt
+
+    connect_ray(s.paths)
+    code = run_demo(s.cfg, s.paths, s.args.port, s.registry)
+    _print_mlflow_hint(s.paths)
+    if s.args.keep_serving and code == ExitCode.OK:
+        print(f"[demo] still serving at http://127.0.0.1:{s.args.port}/predict; Ctrl-C stops")
+        wait_for_interrupt()
+    return code
+
+
+def _print_mlflow_hint(paths: RuntimePaths, run_id: str | None = None) -> None:
+    what = f"run {run_id}" if run_id else "runs, models and audit tags"
+    if paths.artifact_root is None:  # a tracking server: its own UI, its own artifact root
+        print(f"[mlflow] {what} on {paths.tracking_uri}")
+        return
+    print(f"[mlflow] {what} in {paths.tracking_uri} (artifacts under {paths.artifact_root})")
+    print(f"[mlflow] browse it: mlflow ui --backend-store-uri {paths.tracking_uri} --host 127.0.0.1 --port 5000")
+
+
