@@ -39,11 +39,13 @@ bench: install
 	$(PY) bench/serve_latency.py
 
 # A local head node on loopback with the dashboard (Jobs API, `serve deploy`); Ray 2.60 wants a token
-# (~/.ray/auth_token, made here if missing).
+# (~/.ray/auth_token, made here if missing). Sized like a private local Ray (ray_app/connect.py: local_cpus), so the
+# A/B app and a training job fit side by side on a 2-core machine.
 cluster-up: install
 	$(VENV)/bin/ray get-auth-token --generate >/dev/null
 	RAY_AUTH_MODE=token PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/ray start --head \
-	  --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --disable-usage-stats
+	  --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --disable-usage-stats \
+	  --num-cpus=$$($(PY) -c 'from ray_app.connect import local_cpus; print(local_cpus())')
 
 cluster-down:
 	-$(VENV)/bin/ray stop

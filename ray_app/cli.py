@@ -31,6 +31,7 @@ from ray_app.commands import (
     cmd_webhook,
 )
 from ray_app.config import ConfigError, ExitCode, ExperimentConfig, RuntimePaths, UserError
+from ray_app.resources import WAIT_S
 
 DEMO_PORT = 8000
 
@@ -65,12 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    def training_stage(name: str, func: Callable[[Stage], int], text: str) -> argparse.ArgumentParser:
+        p = stage(name, func, text)
+        p.add_argument("--wait-for-resources", type=float, default=WAIT_S, metavar="SECONDS",
+                       help="how long to wait for CPUs/GPUs that others hold before giving up (exit 2); a need "
+                            f"the cluster can never meet stops at once (default {WAIT_S:g})")
+        return p
+
     stage("ingest", cmd_ingest, "read the data, fingerprint it and show its splits")
-    p = stage("train", cmd_train, "train with Ray Train, log to MLflow and register a model version")
+    p = training_stage("train", cmd_train, "train with Ray Train, log to MLflow and register a model version")
     p.add_argument("--run-name", help="Ray Train run name; re-using one resumes from its checkpoints")
     p.add_argument("--alias", help="also point this alias (e.g. challenger) at the new version")
-    p = stage("tune", cmd_tune, "search hyperparameters (Optuna TPE + ASHA by default) and register the best as "
-                                "challenger")
+    p = training_stage("tune", cmd_tune, "search hyperparameters (Optuna TPE + ASHA by default) and register the "
+                                         "best as challenger")
     p.add_argument("--name", help="tuning run name under the storage path (default: tune-<spec name>)")
     p.add_argument("--resume", action="store_true", help="continue a stopped search; finished trials are kept")
     p = stage("register", cmd_register, "point a registry alias at a model version")
@@ -94,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("gate", cmd_gate, "model gate: challenger vs champion on the holdout; promote if better (exit 0/1/2)")
     p.add_argument("--challenger", required=True, help="e.g. models:/ray-app-model@challenger")
     p.add_argument("--no-promote", action="store_true", help="report only; move no alias, write no audit")
-    p = stage("pipeline", cmd_pipeline, "validate -> train -> gate -> promote; exits at the first failed gate")
+    p = training_stage("pipeline", cmd_pipeline, "validate -> train -> gate -> promote; exits at the first failed gate")
     p.add_argument("--canary", action="store_true", help="a challenger that passes the gate goes through a canary "
                                                          "rollout (the spec's rollout section) instead of promotion")
     p = stage("rollback", cmd_rollback, "move champion back to the previous version, with an audit record")
@@ -120,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-uri", required=True)
     p.add_argument("--format", choices=["onnx", "torchscript"], required=True)
     p.add_argument("--output", required=True, help="folder to write the bundle and the exported model into")
-    p = stage("demo", cmd_demo, "built-in data to a served model: ingest, train, register champion, serve")
+    p = training_stage("demo", cmd_demo, "built-in data to a served model: ingest, train, register champion, serve")
     p.add_argument("--port", type=int, default=DEMO_PORT)
     p.add_argument("--keep-serving", action="store_true", help="keep the endpoint up until Ctrl-C")
     return parser

@@ -32,6 +32,14 @@ class Stage:
         return getattr(self.args, "model_name", None) or self.cfg.registry.model_name
 
 
+def _connect_for_training(s: Stage, stage: str = "training", dashboard: bool = False) -> None:
+    """Join Ray, then make sure one training run (or tuning trial) can get its resources, or say why not."""
+    from ray_app.resources import require, training_need
+
+    connect_ray(s.paths, dashboard=dashboard)
+    require(training_need(s.cfg, stage), s.args.wait_for_resources, log=lambda line: print(line, file=sys.stderr))
+
+
 def _print(obj: object) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
@@ -53,7 +61,7 @@ def cmd_ingest(s: Stage) -> int:
 def cmd_train(s: Stage) -> int:
     from ray_app.pipeline import run_training
 
-    connect_ray(s.paths)
+    _connect_for_training(s)
     report = run_training(s.cfg, s.paths, run_name=s.args.run_name, registry=s.registry)
     if s.args.alias:
         s.registry.set_alias(report.model.name, s.args.alias, report.model.version)
@@ -66,7 +74,7 @@ def cmd_train(s: Stage) -> int:
 def cmd_tune(s: Stage) -> int:
     from ray_app.tune.search import run_tuning
 
-    connect_ray(s.paths, dashboard=True)
+    _connect_for_training(s, "tuning", dashboard=True)
     report = run_tuning(s.cfg, s.paths, name=s.args.name, resume=s.args.resume, registry=s.registry)
     _print({"model_uri": report.model.uri, "alias": "challenger", "mlflow_run_id": report.mlflow_run_id,
             "best_params": report.best_params, report.metric: report.best_metric, "trials": report.trials,
@@ -126,7 +134,7 @@ def cmd_gate(s: Stage) -> int:
 def cmd_pipeline(s: Stage) -> int:
     from ray_app.pipeline import run_pipeline
 
-    connect_ray(s.paths)
+    _connect_for_training(s)
     code = run_pipeline(s.cfg, s.paths, canary=s.args.canary, registry=s.registry)
     print(f"pipeline: {'PROMOTED' if code == ExitCode.OK else 'REJECTED'} (exit {code})")
     return code
@@ -205,7 +213,7 @@ def cmd_demo(s: Stage) -> int:
     from ray_app.demo import run_demo
     from ray_app.serve.app import wait_for_interrupt
 
-    connect_ray(s.paths)
+    _connect_for_training(s)
     code = run_demo(s.cfg, s.paths, s.args.port, s.registry)
     _print_mlflow_hint(s.paths)
     if s.args.keep_serving and code == ExitCode.OK:

@@ -14,6 +14,16 @@ FIX = ("start it (`make cluster-up`), or clear a dead session with `ray stop --f
        "private local Ray with --local (RAY_APP_LOCAL_RAY=1)")
 
 
+# Logical CPUs of a Ray this project starts on one machine (a private one, `make cluster-up`, the tests' cluster):
+# at least 6, so the A/B app (1.35 CPU) and a default 2-worker training run (2 CPU + 1 for Ray Data) fit together
+# on a 2-core laptop. The work is small; the count is what Ray schedules by, not what the cores can do.
+MIN_LOCAL_CPUS = 6
+
+
+def local_cpus() -> int:
+    return max(MIN_LOCAL_CPUS, os.cpu_count() or 1)
+
+
 class RayUnavailable(UserError):
     """The cluster to join does not answer, or its processes run from an installation that is gone."""
 
@@ -73,7 +83,7 @@ def connect_ray(paths: RuntimePaths, dashboard: bool = False) -> str:
         ray.init(address=address, logging_level=logging.WARNING)
         where = f"the Ray cluster at {address} ({source})"
     else:
-        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=dashboard,
+        ray.init(address="local", num_cpus=local_cpus(), include_dashboard=dashboard,
                  dashboard_host="127.0.0.1", logging_level=logging.WARNING, object_store_memory=512 * 1024**2,
                  _node_ip_address="127.0.0.1")
         where = "a private local Ray on 127.0.0.1"

@@ -67,6 +67,8 @@ def ray_cluster(app_home):
     """
     import ray
 
+    from ray_app.connect import local_cpus
+
     stray = ray_processes()
     if stray:
         pytest.exit(f"a Ray cluster is already running on this machine ({', '.join(stray)}); the tests start "
@@ -85,7 +87,7 @@ def ray_cluster(app_home):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _run([str(BIN / "ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=4",
+              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--num-cpus={local_cpus()}",
               f"--metrics-export-port={metrics_port}", "--object-store-memory=400000000", "--disable-usage-stats"],
              env, timeout=180)
         os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
