@@ -8,9 +8,13 @@ import sys
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ray_app.config import ExitCode, ExperimentConfig, RuntimePaths
 from ray_app.connect import connect_ray
+
+if TYPE_CHECKING:
+    from ray_app.registry import ModelRegistry
 
 
 @dataclass
@@ -22,7 +26,7 @@ class Stage:
     paths: RuntimePaths
 
     @cached_property
-    def registry(self):
+    def registry(self) -> ModelRegistry:  # imported on first use: MLflow is slow to import
         from ray_app.registry import ModelRegistry
 
         return ModelRegistry.from_paths(self.paths)

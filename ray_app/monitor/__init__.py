@@ -1,1 +1,1 @@
-"""Monitoring: whylogs profiles, drift against the training reference, and the Prometheus exporter."""
+"""Monitoring, which only observes: the variants' live profiles, the DriftMonitor, drift tests and their gauges."""
