@@ -7,6 +7,8 @@ import math
 import numpy as np
 from sklearn import metrics as skm
 
+from ray_app.config import UserError
+
 PRIMARY_METRIC = {"classification": "roc_auc", "regression": "rmse"}
 HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "roc_auc": True, "rmse": False, "mae": False, "loss": False}
 
@@ -52,4 +54,4 @@ def metric_value(name: str, y_true: np.ndarray, output: np.ndarray) -> float:
         return float(np.mean(output.argmax(axis=1) == y_true))
     if name in ("f1", "roc_auc"):
         return classification_metrics(y_true, output)[name]
-    raise ValueError(f"unknown metric {name!r}: choose one of {', '.join(HIGHER_IS_BETTER)}")
+    raise UserError(f"unknown metric {name!r}: choose one of {', '.join(HIGHER_IS_BETTER)}")

@@ -134,7 +134,7 @@ EXPORT_FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
 def export_model(bundle: ModelBundle, folder: str | Path, fmt: str) -> Path:
     """Write the bundle (preprocessor, schema, label map) plus the network compiled to TorchScript or ONNX."""
     if fmt not in EXPORT_FILES:
-        raise ValueError(f"unknown export format {fmt!r}: choose one of {', '.join(EXPORT_FILES)}")
+        raise UserError(f"unknown export format {fmt!r}: choose one of {', '.join(EXPORT_FILES)}")
     folder = bundle.save(folder)
     target = folder / EXPORT_FILES[fmt]
     example = torch.zeros(2, bundle.mlp.in_features)

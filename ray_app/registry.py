@@ -194,9 +194,9 @@ class ModelRegistry:
             champion_before, version = self.rollback(name)
             promoted, details = True, {"demoted": champion_before, **details}
         else:
-            raise ValueError(f"unknown decision {action!r}")
+            raise ValueError(f"unknown decision {action!r}")  # a bug in the caller, not a user's mistake
         if self.audit_log is None:
-            raise ValueError("this registry has no audit log: build it with ModelRegistry.from_paths")
+            raise ValueError("this registry has no audit log: build it with ModelRegistry.from_paths")  # a bug
         return self.record_audit(name, version, {"action": action, "actor": self.actor, "decision": promoted,
                                                  "reason": reason, "champion_before": champion_before, **details},
                                  self.audit_log)

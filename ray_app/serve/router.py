@@ -25,6 +25,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from ray_app.config import RuntimePaths, UserError
 from ray_app.serve.validation import RequestError, parse_body
 from ray_app.telemetry import HeldGauges
 
@@ -57,7 +58,7 @@ class RouterSettings(BaseModel):
     def check_names(self, known: set[str]) -> None:
         unknown = sorted((set(self.weights) | ({self.shadow} if self.shadow else set())) - known)
         if unknown:
-            raise ValueError(f"unknown variant(s) {', '.join(unknown)}; deployed: {', '.join(sorted(known))}")
+            raise UserError(f"unknown variant(s) {', '.join(unknown)}; deployed: {', '.join(sorted(known))}")
 
 
 def bucket(experiment: str, key: str) -> float:
@@ -85,8 +86,6 @@ class ABRouter:
     def __init__(self, variants: dict[str, DeploymentHandle], feedback_dir: str | None = None,
                  feedback_flush_rows: int = 100, remembered_requests: int = 100_000, admin_token: str | None = None):
         from ray.serve.metrics import Counter, Gauge, Histogram
-
-        from ray_app.config import RuntimePaths
 
         self.variants = variants
         self.settings: RouterSettings | None = None
