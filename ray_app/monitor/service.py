@@ -89,14 +89,17 @@ class WindowStore:
             streams[(model, variant)] = stream
         return streams
 
-    def last_window(self, model: str, variant: str) -> dict | None:
+    def _window_files(self, model: str, variant: str) -> list[Path]:
+        """Closed windows' reports, oldest first."""
         folder = self._dir(model, variant) / "windows"
-        names = sorted(folder.glob("*.json"), key=lambda p: int(p.stem)) if folder.exists() else []
-        return json.loads(names[-1].read_text()) if names else None
+        return sorted(folder.glob("*.json"), key=lambda p: int(p.stem)) if folder.exists() else []
+
+    def last_window(self, model: str, variant: str) -> dict | None:
+        files = self._window_files(model, variant)
+        return json.loads(files[-1].read_text()) if files else None
 
     def windows(self, model: str, variant: str) -> list[dict]:
-        folder = self._dir(model, variant) / "windows"
-        return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
+        return [json.loads(p.read_text()) for p in self._window_files(model, variant)]
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=1000)
