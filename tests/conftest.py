@@ -184,13 +184,14 @@ def tool(name: str) -> str:
     return found
 
 
-def start_prometheus(folder: Path, metrics_target: str, **extra) -> tuple[str, subprocess.Popen]:
-    """A real Prometheus on loopback scraping one Ray metrics port every second (rules and evaluation too);
+def start_prometheus(folder: Path, metrics_target: str, interval: str = "1s", **extra) -> tuple[str, subprocess.Popen]:
+    """A real Prometheus on loopback scraping one Ray metrics port every `interval` (rules evaluated every second);
     `extra` goes into its config (`rule_files`, `alerting`). Returns its URL and process."""
     import yaml
 
     port = free_port()
-    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, **extra,
+    config = {"global": {"scrape_interval": interval, "scrape_timeout": interval, "evaluation_interval": "1s"},
+              **extra,
               "scrape_configs": [{"job_name": "ray", "static_configs": [{"targets": [metrics_target]}]}]}
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
     url = f"http://127.0.0.1:{port}"
@@ -202,7 +203,12 @@ def start_prometheus(folder: Path, metrics_target: str, **extra) -> tuple[str, s
 
 @pytest.fixture(scope="session")
 def prometheus(ray_cluster, tmp_path_factory) -> str:
-    """A real Prometheus on loopback scraping this session's Ray metrics every second; yields its URL."""
-    url, proc = start_prometheus(tmp_path_factory.mktemp("prometheus"), ray_cluster["metrics"])
+    """A real Prometheus on loopback scraping this session's Ray metrics every 3 s; yields its URL.
+
+    Not every second: Ray's metrics agent keeps every counter and histogram series of every process the session
+    ever ran, and late in the suite its page held ~27,000 samples and took about a second to serve on two busy
+    cores; with a 1 s scrape (whose timeout cannot exceed the interval) most scrapes failed and a rollout step
+    saw no traffic at all."""
+    url, proc = start_prometheus(tmp_path_factory.mktemp("prometheus"), ray_cluster["metrics"], interval="3s")
     yield url
     stop_service(proc)
