@@ -37,13 +37,16 @@ test-fast: install
 
 bench: install
 	$(PY) bench/serve_latency.py
+	$(PY) bench/serve_vs_fastapi.py
 
 # A local head node on loopback with the dashboard (Jobs API, `serve deploy`); Ray 2.60 wants a token
 # (~/.ray/auth_token, made here if missing). Sized like a private local Ray (ray_app/connect.py: local_cpus), so the
 # A/B app and a training job fit side by side on a 2-core machine.
+# INGRESS=haproxy: Serve behind Ray's HAProxy ingress (frontend on 127.0.0.1:8000; README, serving section).
+INGRESS ?= proxy
 cluster-up: install
 	$(VENV)/bin/ray get-auth-token --generate >/dev/null
-	RAY_AUTH_MODE=token PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/ray start --head \
+	$(if $(filter haproxy,$(INGRESS)),RAY_SERVE_ENABLE_HA_PROXY=1) RAY_AUTH_MODE=token PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/ray start --head \
 	  --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --disable-usage-stats \
 	  --num-cpus=$$($(PY) -c 'from ray_app.connect import local_cpus; print(local_cpus())')
 

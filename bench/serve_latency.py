@@ -76,7 +76,7 @@ def prepare_bundle(out: Path, reuse: bool) -> tuple[Path, dict]:
 
     from ray_app.package import ModelBundle
 
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     folder = out / "bundle"
     if not (reuse and (folder / "bundle.json").exists()):

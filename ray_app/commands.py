@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -203,9 +204,14 @@ def cmd_export(s: Stage) -> int:
 
 
 def cmd_serve(s: Stage) -> int:
-    from ray_app.serve.app import start_serving, wait_for_interrupt
+    from ray_app.serve.app import HAPROXY_INGRESS_ENV, start_serving, wait_for_interrupt
 
-    connect_ray(s.paths)
+    if s.args.ingress == "haproxy":
+        os.environ.update(HAPROXY_INGRESS_ENV)  # inherited by the Serve controller of a Ray started here
+    where = connect_ray(s.paths)
+    if s.args.ingress == "haproxy" and "private local Ray" not in where:
+        print("[serve] --ingress haproxy applies to a Ray started here; this cluster keeps the ingress it was "
+              "started with (INGRESS=haproxy make cluster-up)", file=sys.stderr)
     url = start_serving(s.args.model_uri, s.cfg, s.paths, s.args.port, batching=not s.args.no_batching)
     print(f"serving {s.args.model_uri} at {url} (GET {url.rsplit('/', 1)[0]}/schema); Ctrl-C stops")
     if not s.args.detach:

@@ -204,7 +204,11 @@ class ServeSettings(_Strict):
 
     max_rows: int = Field(1000, ge=1)
     max_batch_size: int = Field(32, ge=1)
-    batch_wait_timeout_s: float = Field(0.005, ge=0.0)
+    # 0: a batch is whatever is queued when the replica is free, so a lone request never waits (bench/RESULTS.md)
+    batch_wait_timeout_s: float = Field(0.0, ge=0.0)
+    # the compiled encoder + ONNX Runtime, used only where it matches transform_batch + torch within the tolerance
+    fast_path: bool = True
+    parity_tolerance: float = Field(1e-4, gt=0)
 
 
 class RolloutThresholds(_Strict):
@@ -268,6 +272,8 @@ class MonitorConfig(_Strict):
     # ~100k rows/s in batches of 10,000 but ~11k rows/s in batches of 256 (bench/monitor.py).
     flush_rows: int = Field(4096, ge=1)
     flush_s: float = Field(30.0, gt=0)
+    # share of requests profiled: at high traffic a sample describes the inputs as well, for less CPU
+    sample_fraction: float = Field(1.0, gt=0, le=1)
 
 
 class ExperimentConfig(_Strict):

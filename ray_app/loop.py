@@ -70,25 +70,40 @@ class RetrainWebhook:
     def handle(self, payload: object) -> tuple[int, dict]:
         if not isinstance(payload, dict) or not isinstance(payload.get("alerts"), list):
             return 422, {"error": "expected an Alertmanager webhook payload with an 'alerts' list"}
-        wanted = [a for a in payload["alerts"] if isinstance(a, dict) and a.get("status") == "firing"
-                  and (a.get("labels") or {}).get("action") == "retrain"]
+        wanted = [a for a in payload["alerts"] if _is_retrain_alert(a)]
         with self.lock:
-            new = [a for a in wanted if (a.get("fingerprint"), a.get("startsAt")) not in self.seen]
+            new = [a for a in wanted if _alert_key(a) not in self.seen]
             if not new:
                 return 200, {"status": "nothing new", "alerts": len(wanted)}
             running = self.running_job()
             if running:
-                return 409, {"status": "a retrain is running", "job_id": running}
-            names = sorted({a["labels"].get("alertname", "?") for a in new})
+                return 409, {"status": "a retrain is running", "job_id": running,
+                             "error": f"retrain job {running} is still running; the alert is taken when it ends"}
+            names = sorted({_text(a["labels"].get("alertname")) or "?" for a in new})
             job_id = self.jobs.submit(self.entrypoint(), {"trigger": "alertmanager", "alerts": ",".join(names)})
             with self.seen_file.open("a") as fh:
                 for a in new:
-                    key = (a.get("fingerprint"), a.get("startsAt"))
+                    key = _alert_key(a)
                     self.seen.add(key)
                     fh.write(json.dumps(key) + "\n")
             self.last_job_file.write_text(json.dumps({"job_id": job_id, "submitted": time.time(), "alerts": names}))
         logger.info("retrain job %s submitted for %s", job_id, names)
         return 202, {"status": "submitted", "job_id": job_id, "alerts": names}
+
+
+def _text(value: object, limit: int = 200) -> str | None:
+    return value[:limit] if isinstance(value, str) else None
+
+
+def _is_retrain_alert(alert: object) -> bool:
+    """A firing alert labelled `action=retrain`; anything else in the list (malformed included) is not acted on."""
+    return (isinstance(alert, dict) and alert.get("status") == "firing" and isinstance(alert.get("labels"), dict)
+            and alert["labels"].get("action") == "retrain")
+
+
+def _alert_key(alert: dict) -> tuple[str | None, str | None]:
+    """What makes an alert the same one when Alertmanager re-sends it: its fingerprint and start."""
+    return _text(alert.get("fingerprint")), _text(alert.get("startsAt"))
 
 
 RolloutControl = Callable[[str, str], dict]  # (promote | abort, reason) -> the outcome
@@ -102,6 +117,8 @@ def webhook_app(webhook: RetrainWebhook, token: str, rollout: RolloutControl | N
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
+    from ray_app.serve.validation import RequestError, parse_body
+
     async def authorized_body(request: Request) -> tuple[object, JSONResponse | None]:
         """The decoded JSON body (empty: `{}`), or the 401/400 answer to send instead."""
         given = request.headers.get("authorization", "").encode()
@@ -109,9 +126,9 @@ def webhook_app(webhook: RetrainWebhook, token: str, rollout: RolloutControl | N
             return None, JSONResponse({"error": "needs 'Authorization: Bearer <token>'"}, status_code=401)
         raw = await request.body()
         try:
-            return (json.loads(raw) if raw.strip() else {}), None
-        except ValueError:
-            return None, JSONResponse({"error": "body is not JSON"}, status_code=400)
+            return (parse_body(raw) if raw.strip() else {}), None
+        except RequestError as exc:
+            return None, exc.answer()
 
     async def alerts(request: Request) -> JSONResponse:
         payload, refusal = await authorized_body(request)
@@ -127,7 +144,7 @@ def webhook_app(webhook: RetrainWebhook, token: str, rollout: RolloutControl | N
         action = request.path_params["action"]
         if rollout is None or action not in ("promote", "abort"):
             return JSONResponse({"error": "POST /rollout/promote or /rollout/abort"}, status_code=404)
-        reason = str(payload.get("reason", "admin route")) if isinstance(payload, dict) else "admin route"
+        reason = (_text(payload.get("reason")) if isinstance(payload, dict) else None) or "admin route"
         return JSONResponse(await asyncio.to_thread(rollout, action, reason))
 
     async def health(_: Request) -> JSONResponse:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ray_app.config import UserError
 from ray_app.data.preprocess import FEATURES_COLUMN, TargetEncoding, load_preprocessor
+from ray_app.fastpath import FastPath, NotCompilable
 from ray_app.train.model import MLPSpec, TabularMLP
 
 BUNDLE_FORMAT = 1
@@ -52,6 +53,7 @@ class ModelBundle:
     def __post_init__(self) -> None:
         self._model: TabularMLP | None = None
         self._preprocessor = None
+        self._fast: FastPath | None = None
 
     @property
     def model(self) -> TabularMLP:
@@ -74,15 +76,46 @@ class ModelBundle:
         return np.stack(transformed[FEATURES_COLUMN].to_numpy()).astype(np.float32, copy=False)
 
     @torch.no_grad()
-    def predict(self, rows: pd.DataFrame) -> dict[str, list]:
-        """Predictions in the label's own values, plus class probabilities for classification."""
-        output = self.model(torch.from_numpy(self.encode(rows))).numpy()
+    def outputs(self, rows: pd.DataFrame) -> np.ndarray:
+        """The network's raw outputs for raw feature rows (logits, or the standardised regression target)."""
+        return self.model(torch.from_numpy(self.encode(rows))).numpy()
+
+    def answer(self, output: np.ndarray) -> dict[str, list]:
+        """Raw outputs to predictions in the label's own values, plus class probabilities for classification."""
         if self.target.classes is None:
-            return {"predictions": (output * self.target.std + self.target.mean).tolist()}
+            values = output.astype(np.float64).reshape(-1) * self.target.std + self.target.mean
+            return {"predictions": values.tolist()}
         proba = np.exp(output - output.max(axis=1, keepdims=True))
         proba /= proba.sum(axis=1, keepdims=True)
         classes = self.target.classes
         return {"predictions": [classes[i] for i in proba.argmax(axis=1)], "probabilities": proba.tolist()}
+
+    def compile(self, tolerance: float) -> str:
+        """Serve `score` through the fast path (numpy encoder + ONNX Runtime) when it matches the slow one within
+        `tolerance`; returns which path serves, and why."""
+        try:
+            self._fast = FastPath.build(self, tolerance)
+        except NotCompilable as exc:
+            self._fast = None
+            return f"slow path (transform_batch + torch): {exc}"
+        return "fast path (compiled encoder + ONNX Runtime), checked against transform_batch + torch"
+
+    def frame(self, numeric: np.ndarray, categorical: list[list[str]]) -> pd.DataFrame:
+        """Validated feature arrays as the raw-row DataFrame the fitted preprocessor reads."""
+        columns = {name: numeric[:, j] for j, name in enumerate(self.schema.numeric)}
+        columns.update(zip(self.schema.categorical, categorical, strict=True))
+        return pd.DataFrame(columns, columns=self.schema.features)
+
+    def score(self, numeric: np.ndarray, categorical: list[list[str]]) -> np.ndarray:
+        """Raw outputs for validated feature arrays (numeric: rows x numeric features; one list per categorical
+        feature): the fast path once `compile` accepted it, else the fitted preprocessor and torch."""
+        if self._fast is not None:
+            return self._fast.outputs(numeric, categorical)
+        return self.outputs(self.frame(numeric, categorical))
+
+    def predict(self, rows: pd.DataFrame) -> dict[str, list]:
+        """Predictions in the label's own values, plus class probabilities for classification."""
+        return self.answer(self.outputs(rows))
 
     def size_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.state_dict.values()) + len(self.preprocessor_state)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 
+import numpy as np
 import pandas as pd
 
 from ray_app.config import MonitorConfig
@@ -15,23 +17,27 @@ logger = logging.getLogger("ray.serve")
 
 
 class LiveProfiler:
-    """Buffers (rows, predictions); every `flush_rows` rows or `flush_s` seconds, profiles them in a thread and
-    sends the profile to the DriftMonitor. Observing costs the request one list append."""
+    """Buffers (features, predictions) as plain arrays; every `flush_rows` rows or `flush_s` seconds, builds one
+    frame, profiles it in a thread and sends the profile to the DriftMonitor. Observing costs the request one list
+    append, and with `sample_fraction` < 1 most requests not even that."""
 
     def __init__(self, monitor, model: str, variant: str, reference: bytes, schema: StreamSchema,
                  settings: MonitorConfig):
         self.monitor, self.model, self.variant, self.settings = monitor, model, variant, settings
         self.reference, self.schema = reference, schema
-        self.pending: list[tuple[pd.DataFrame, list]] = []
+        self.pending: list[tuple[np.ndarray, list[list], list]] = []
         self.rows = 0
         self.registered = False
         self.task: asyncio.Task | None = None
         self._flushing = False
         self._tasks: set[asyncio.Task] = set()
 
-    def observe(self, rows: pd.DataFrame, predictions: list) -> None:
-        self.pending.append((rows, predictions))
-        self.rows += len(rows)
+    def observe(self, numeric: np.ndarray, categorical: list[list], predictions: list) -> None:
+        """One request's validated features (numeric array, one list per categorical feature) and predictions."""
+        if self.settings.sample_fraction < 1 and random.random() >= self.settings.sample_fraction:
+            return
+        self.pending.append((numeric, categorical, predictions))
+        self.rows += len(predictions)
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._run())
         elif self.rows >= self.settings.flush_rows and not self._flushing:
@@ -60,8 +66,11 @@ class LiveProfiler:
         finally:
             self._flushing = False
 
-    def _profile(self, batch: list[tuple[pd.DataFrame, list]]) -> bytes:
-        frame = pd.concat([rows for rows, _ in batch], ignore_index=True)
-        predictions = [p for _, preds in batch for p in preds]
+    def _profile(self, batch: list[tuple[np.ndarray, list[list], list]]) -> bytes:
+        numeric = np.concatenate([item[0] for item in batch])
+        frame = pd.DataFrame(numeric, columns=self.schema.numeric)
+        for j, name in enumerate(self.schema.categorical):
+            frame[name] = [value for item in batch for value in item[1][j]]
+        predictions = [p for *_, preds in batch for p in preds]
         frame[PREDICTION] = predictions if self.schema.regression else [str(p) for p in predictions]
         return profile_frame(frame)

@@ -12,6 +12,10 @@ from ray_app.serve.variant import ModelVariant, RegistryLoader
 # CPU work off the loop (batching, `asyncio.to_thread`), and bench/serve_ab.py measured a cheaper router hop this
 # way (p50 +10% at 1 client and -8% at 16, against +13% and +15% with Ray's default; bench/RESULTS.md).
 REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+# Ray's HAProxy ingress (a cluster-level setting, read by the Serve controller): ~1 ms of CPU per request instead of
+# the default proxy's ~4.5 ms here (bench/RESULTS.md). Its frontend binds `http_options.host` (127.0.0.1 here); its
+# stats (8404) and metrics (9101) listeners and the replicas' direct-ingress ports (30000-31000) bind all interfaces.
+HAPROXY_INGRESS_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
 
 def replica_options(num_cpus: float) -> dict:

@@ -12,21 +12,19 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import math
 import random
 import time
 import uuid
-from collections import OrderedDict
-from pathlib import Path
 
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from ray_app.config import RuntimePaths, UserError
-from ray_app.serve.validation import RequestError, parse_body
+from ray_app.serve.feedback import FeedbackLog
+from ray_app.serve.validation import JSONAnswer, RequestError, check_ids, describe, parse_body
 from ray_app.telemetry import HeldGauges
 
 logger = logging.getLogger("ray.serve")
@@ -48,9 +46,9 @@ class RouterSettings(BaseModel):
     @field_validator("weights")
     @classmethod
     def _weights(cls, weights: dict[str, float]) -> dict[str, float]:
-        negative = sorted(name for name, w in weights.items() if w < 0)
-        if negative:
-            raise ValueError(f"weights must be non-negative: {', '.join(negative)}")
+        unusable = sorted(name for name, w in weights.items() if not 0 <= w < math.inf)
+        if unusable:
+            raise ValueError(f"weights must be finite and non-negative: {', '.join(unusable)}")
         if not weights or sum(weights.values()) <= 0:
             raise ValueError("at least one weight must be positive")
         return weights
@@ -130,22 +128,30 @@ class ABRouter:
         forced = request.headers.get(self.settings.force_header)
         if forced:
             if forced not in self.variants:
-                raise RequestError(400, f"{self.settings.force_header}: unknown variant {forced!r}; "
+                raise RequestError(400, f"{self.settings.force_header}: unknown variant {describe(forced)}; "
                                         f"choose one of {', '.join(sorted(self.variants))}")
             return forced
         key = request.headers.get(self.settings.user_header)
+        if isinstance(payload, dict):
+            check_ids(payload)
         if key is None and isinstance(payload, dict) and payload.get("user_id") is not None:
             key = str(payload["user_id"])
         return assign(self.settings, key if key is not None else f"anon-{random.random()}")
 
-    async def __call__(self, request: Request) -> JSONResponse:
+    async def __call__(self, request: Request) -> JSONAnswer:
         if self.settings is None:
-            return JSONResponse({"error": "router has no user_config yet"}, status_code=503)
+            return JSONAnswer({"error": "router has no user_config yet"}, status_code=503)
         path = request.url.path.rstrip("/")
         if "/admin/" in f"{path}/":
             return await self._admin(request, path.rsplit("/admin", 1)[1].strip("/"))
+        route = path.rsplit("/", 1)[-1]
+        if request.method == "GET" and route in ("healthz", "health"):
+            return JSONAnswer({"status": "ok", "experiment": self.settings.experiment,
+                               "weights": self.settings.weights})
+        if request.method == "GET" and route == "schema":
+            return JSONAnswer(await self._schema())
         if request.method != "POST":
-            return JSONResponse({"error": "use POST with a JSON body"}, status_code=405)
+            return JSONAnswer({"error": "use POST with a JSON body, or GET /schema"}, status_code=405)
         if path.endswith("/feedback"):
             return await self._feedback(request)
         start = time.perf_counter()
@@ -153,7 +159,7 @@ class ABRouter:
             payload = parse_body(await request.body())
             variant = self._choose(request, payload)
         except RequestError as exc:
-            return JSONResponse({"error": exc.message}, status_code=exc.status)
+            return exc.answer()
         try:
             status, body = await self.variants[variant].handle_payload.remote(payload)
         except Exception as exc:  # a crashed variant is that variant's error, counted and answered, not a router bug
@@ -176,20 +182,30 @@ class ABRouter:
             task = asyncio.create_task(self._mirror(shadow, payload, body.get("predictions")))
             self._shadow_tasks.add(task)  # keep a reference until done; its outcome never reaches the caller
             task.add_done_callback(self._shadow_tasks.discard)
-        return JSONResponse({**body, "variant": variant}, status_code=status)
+        return JSONAnswer({**body, "variant": variant}, status_code=status)
 
-    async def _admin(self, request: Request, route: str) -> JSONResponse:
+    async def _schema(self) -> dict:
+        """Every variant's `/schema`; the shared input contract on top when all variants take the same rows."""
+        infos = dict(zip(self.variants, await asyncio.gather(*(h.schema_info.remote() for h in self.variants.values())),
+                         strict=True))
+        answer: dict = {"experiment": self.settings.experiment, "variants": infos}
+        schemas = [info["schema"] for info in infos.values()]
+        if all(schema == schemas[0] for schema in schemas):
+            answer.update(schema=schemas[0], max_rows=min(info["max_rows"] for info in infos.values()))
+        return answer
+
+    async def _admin(self, request: Request, route: str) -> JSONAnswer:
         """`GET|POST /admin/weights`: read or set this replica's weights (bearer token). A later `serve deploy`
         of `user_config` replaces them; the rollout controller uses this route or Serve's REST API."""
         if not self.admin_token:
-            return JSONResponse({"error": "admin routes are off: set RAY_APP_ADMIN_TOKEN where the router runs"},
+            return JSONAnswer({"error": "admin routes are off: set RAY_APP_ADMIN_TOKEN where the router runs"},
                                 status_code=403)
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {self.admin_token}".encode()):
-            return JSONResponse({"error": "admin routes need 'Authorization: Bearer <token>'"}, status_code=401,
+            return JSONAnswer({"error": "admin routes need 'Authorization: Bearer <token>'"}, status_code=401,
                                 headers={"WWW-Authenticate": "Bearer"})
         if route != "weights":
-            return JSONResponse({"error": f"no admin route {route!r}; try /admin/weights"}, status_code=404)
+            return JSONAnswer({"error": f"no admin route {route!r}; try /admin/weights"}, status_code=404)
         if request.method == "POST":
             try:
                 payload = parse_body(await request.body())
@@ -198,14 +214,14 @@ class ABRouter:
                 settings = RouterSettings.model_validate({**self.settings.model_dump(), **payload})
                 settings.check_names(set(self.variants))
             except RequestError as exc:
-                return JSONResponse({"error": exc.message}, status_code=exc.status)
+                return JSONAnswer({"error": exc.message}, status_code=exc.status)
             except ValueError as exc:
-                return JSONResponse({"error": str(exc)}, status_code=422)
+                return JSONAnswer({"error": str(exc)}, status_code=422)
             self._apply(settings)
             logger.info("router %s: weights set by admin route to %s", settings.experiment, settings.weights)
         elif request.method != "GET":
-            return JSONResponse({"error": "use GET or POST"}, status_code=405)
-        return JSONResponse({"experiment": self.settings.experiment, "weights": self.settings.weights,
+            return JSONAnswer({"error": "use GET or POST"}, status_code=405)
+        return JSONAnswer({"experiment": self.settings.experiment, "weights": self.settings.weights,
                              "shadow": self.settings.shadow, "shadow_fraction": self.settings.shadow_fraction})
 
     async def _mirror(self, shadow: str, payload: object, primary: list | None) -> None:
@@ -217,73 +233,23 @@ class ABRouter:
             outcome = "error"
         self.shadow_results.inc(tags={**tags, "outcome": outcome})
 
-    async def _feedback(self, request: Request) -> JSONResponse:
+    async def _feedback(self, request: Request) -> JSONAnswer:
         """`POST .../feedback {"request_id": ..., "labels": [...]}`: score the earlier answer, keep the rows."""
         try:
             payload = parse_body(await request.body())
             if not isinstance(payload, dict) or "request_id" not in payload or "labels" not in payload:
                 raise RequestError(422, 'expected {"request_id": "...", "labels": [one per instance]}')
+            check_ids(payload)
             variant, outcomes = self.feedback.label(str(payload["request_id"]), payload["labels"])
         except RequestError as exc:
-            return JSONResponse({"error": exc.message}, status_code=exc.status)
+            return exc.answer()
         tags = {"experiment": self.settings.experiment, "variant": variant}
         for outcome in outcomes:
             if isinstance(outcome, bool):
                 self.labelled.inc(tags={**tags, "outcome": "correct" if outcome else "wrong"})
             else:
                 self.label_error.observe(outcome, tags=tags)
-        return JSONResponse({"request_id": payload["request_id"], "variant": variant, "labelled": len(outcomes)})
+        return JSONAnswer({"request_id": payload["request_id"], "variant": variant, "labelled": len(outcomes)})
 
     def __del__(self):
         self.feedback.flush()
-
-
-class FeedbackLog:
-    """Answers remembered by request id, and the labelled rows they become, flushed to Parquet for retraining.
-
-    Ids live in the router replica that answered; with several router replicas, send feedback through the
-    same replica (or keep one router replica, the default).
-    """
-
-    def __init__(self, folder: str | None, flush_rows: int, capacity: int):
-        self.folder = Path(folder) if folder else None
-        self.flush_rows, self.capacity = flush_rows, capacity
-        self.answers: OrderedDict[str, tuple] = OrderedDict()
-        self.rows: list[dict] = []
-        self.part = f"{uuid.uuid4().hex[:8]}"
-        self.files = 0
-
-    def remember(self, request_id: str, variant: str, instances: list, predictions: list, classes: bool) -> None:
-        self.answers[request_id] = (variant, instances, predictions, classes)
-        while len(self.answers) > self.capacity:
-            self.answers.popitem(last=False)
-
-    def label(self, request_id: str, labels: list) -> tuple[str, list]:
-        """Per instance: whether the prediction was right (classification) or its absolute error (regression)."""
-        if request_id not in self.answers:
-            raise RequestError(404, f"unknown or expired request_id {request_id!r}")
-        variant, instances, predictions, classes = self.answers[request_id]
-        if not isinstance(labels, list) or len(labels) != len(predictions):
-            raise RequestError(422, f"expected {len(predictions)} label(s), one per instance")
-        try:
-            outcomes = [str(p) == str(y) if classes else abs(float(p) - float(y))
-                        for p, y in zip(predictions, labels, strict=True)]
-        except (TypeError, ValueError):
-            raise RequestError(422, "regression labels must be numbers") from None
-        del self.answers[request_id]
-        now = time.time()
-        self.rows += [{**row, "label": y, "prediction": p, "variant": variant, "request_id": request_id,
-                       "labelled_at": now} for row, p, y in zip(instances, predictions, labels, strict=True)]
-        if len(self.rows) >= self.flush_rows:
-            self.flush()
-        return variant, outcomes
-
-    def flush(self) -> None:
-        if not self.rows or self.folder is None:
-            return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        frame = pd.DataFrame(self.rows)
-        frame["label"] = frame["label"].astype(str) if frame["label"].map(type).nunique() > 1 else frame["label"]
-        frame.to_parquet(self.folder / f"feedback-{self.part}-{self.files:05d}.parquet", index=False)
-        self.files += 1
-        self.rows = []

@@ -6,15 +6,21 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-import pandas as pd
+import numpy as np
 from ray import serve
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from ray_app.config import MonitorConfig, ServeSettings
 from ray_app.package import ModelBundle
 from ray_app.registry import ModelRef, ModelRegistry
-from ray_app.serve.validation import RequestError, parse_body, validate_instances
+from ray_app.serve.validation import (
+    JSONAnswer,
+    RequestError,
+    ValidRows,
+    check_outputs,
+    parse_body,
+    validate_instances,
+)
 
 logger = logging.getLogger("ray.serve")
 
@@ -55,8 +61,8 @@ class ModelVariant:
         self.bundle, self.ref = loader(model_uri)
         self.model_uri, self.variant, self.batching = model_uri, variant, batching
         self.settings = settings or ServeSettings()
-        self._predict_batched.set_max_batch_size(self.settings.max_batch_size)
-        self._predict_batched.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+        self._outputs_batched.set_max_batch_size(self.settings.max_batch_size)
+        self._outputs_batched.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         self.profiler = None
         if monitor is not None and self.bundle.reference_profile is not None:
             schema = self.bundle.schema
@@ -64,42 +70,48 @@ class ModelVariant:
                                   regression=schema.task == "regression")
             self.profiler = LiveProfiler(monitor, self.ref.name, variant, self.bundle.reference_profile, stream,
                                          monitor_settings or MonitorConfig())
-        logger.info("variant %s serving %s (%s)", variant, self.ref.uri, model_uri)
+        path = (self.bundle.compile(self.settings.parity_tolerance) if self.settings.fast_path
+                else "slow path (transform_batch + torch): serve.fast_path is off")
+        self.fast = path.startswith("fast")
+        logger.info("variant %s serving %s (%s) through the %s", variant, self.ref.uri, model_uri, path)
 
     def describe(self) -> dict:
         return {"variant": self.variant, "model_uri": self.model_uri, "model": self.ref.uri}
 
-    async def predict(self, rows: pd.DataFrame) -> dict:
-        """Predict validated rows; used by the HTTP route and by routers holding a handle."""
-        if self.batching:
-            return await self._predict_batched(rows)
-        return await asyncio.to_thread(self.bundle.predict, rows)
+    def schema_info(self) -> dict:
+        """What `GET /schema` answers: the model, its input contract and the row limit."""
+        return {**self.describe(), "schema": self.bundle.schema.model_dump(), "max_rows": self.settings.max_rows}
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _predict_batched(self, frames: list[pd.DataFrame]) -> list[dict]:
-        merged = await asyncio.to_thread(self.bundle.predict, pd.concat(frames, ignore_index=True))
-        results, start = [], 0
-        for frame in frames:
-            end = start + len(frame)
-            results.append({key: values[start:end] for key, values in merged.items()})
-            start = end
-        return results
+    async def predict(self, rows: ValidRows) -> dict:
+        """Predict validated rows; rows whose output is not finite raise RequestError (422)."""
+        output = await (self._outputs_batched(rows) if self.batching else self._score(rows.numeric, rows.categorical))
+        check_outputs(output)
+        return self.bundle.answer(output)
 
-    async def __call__(self, request: Request) -> JSONResponse:
+    async def _score(self, numeric: np.ndarray, categorical: list[list[str]]) -> np.ndarray:
+        if self.fast:  # tens of microseconds: a thread hop would cost more than it frees
+            return self.bundle.score(numeric, categorical)
+        return await asyncio.to_thread(self.bundle.score, numeric, categorical)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
+    async def _outputs_batched(self, batch: list[ValidRows]) -> list[np.ndarray]:
+        merged = await self._score(*ValidRows.concat(batch))
+        return np.split(merged, np.cumsum([len(rows) for rows in batch])[:-1])
+
+    async def __call__(self, request: Request) -> JSONAnswer:
         path = request.url.path.rstrip("/").rsplit("/", 1)[-1]
         if request.method == "GET" and path in ("healthz", "health"):
-            return JSONResponse({"status": "ok", **self.describe()})
+            return JSONAnswer({"status": "ok", **self.describe()})
         if request.method == "GET" and path == "schema":
-            return JSONResponse({**self.describe(), "schema": self.bundle.schema.model_dump(),
-                                 "max_rows": self.settings.max_rows})
+            return JSONAnswer(self.schema_info())
         if request.method != "POST":
-            return JSONResponse({"error": "use POST with a JSON body, or GET /schema"}, status_code=405)
+            return JSONAnswer({"error": "use POST with a JSON body, or GET /schema"}, status_code=405)
         try:
             payload = parse_body(await request.body())
         except RequestError as exc:
-            return JSONResponse({"error": exc.message}, status_code=exc.status)
+            return exc.answer()
         status, body = await self.handle_payload(payload)
-        return JSONResponse(body, status_code=status)
+        return JSONAnswer(body, status_code=status)
 
     async def __del__(self):
         """Serve awaits this on a graceful shutdown: rows not yet profiled go to the monitor first."""
@@ -110,9 +122,9 @@ class ModelVariant:
         """Validate a decoded JSON payload and predict: (HTTP status, body). Routers call this by handle."""
         try:
             rows = validate_instances(payload, self.bundle.schema, self.settings.max_rows)
+            result = await self.predict(rows)
         except RequestError as exc:
             return exc.status, {"error": exc.message}
-        result = await self.predict(rows)
         if self.profiler is not None:
-            self.profiler.observe(rows, result["predictions"])
+            self.profiler.observe(rows.numeric, rows.categorical, result["predictions"])
         return 200, {**result, **self.describe()}

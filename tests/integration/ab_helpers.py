@@ -7,20 +7,21 @@ from ray_app.registry import ModelRef
 
 
 class MisbehavingLoader:
-    """Loads a real bundle folder whose `predict` then fails (`mode="fail"`) or takes seconds (`mode="slow"`)."""
+    """Loads a real bundle folder whose `score` (what a variant calls) then fails (`mode="fail"`) or takes seconds
+    (`mode="slow"`)."""
 
     def __init__(self, mode: str):
         self.mode = mode
 
     def __call__(self, model_uri: str):
         bundle = ModelBundle.load(model_uri)
-        real_predict, mode = bundle.predict, self.mode
+        real_score, mode = bundle.score, self.mode
 
-        def predict(rows):
+        def score(numeric, categorical):
             if mode == "fail":
                 raise RuntimeError("shadow model is broken")
             time.sleep(2.0)
-            return real_predict(rows)
+            return real_score(numeric, categorical)
 
-        bundle.predict = predict
+        bundle.score = score
         return bundle, ModelRef(name=f"{mode}-shadow", version="0", run_id=None)

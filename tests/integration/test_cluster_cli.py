@@ -1,14 +1,16 @@
 """The stages as a user drives them against `ray start --head`: `serve deploy` and `ray job submit`."""
 
 import json
+import os
 import re
+import signal
 import subprocess
 
 import httpx
 import pytest
 from ray import serve
 
-from tests.conftest import BIN, ROOT, SERVE_PORT, wait_until
+from tests.conftest import BIN, ROOT, SERVE_PORT, free_port, wait_until
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -82,6 +84,31 @@ def test_a_stage_with_local_runs_on_a_private_ray_next_to_the_cluster(ray_cluste
     assert done.returncode == 0, done.stderr[-3000:]
     assert "[ray] running on a private local Ray on 127.0.0.1" in done.stderr
     assert json.loads(done.stdout[done.stdout.index("{"):])["dataset_version"]["num_rows"] == 569
+
+
+def test_ray_app_serve_behind_the_haproxy_ingress(champion, ray_cluster, tmp_path):
+    """README, "Serving": `ray-app serve --ingress haproxy` on a private Ray answers through Ray's HAProxy
+    ingress (its stats page on 8404 is up), and Ctrl-C takes it all down."""
+    env = {k: v for k, v in ray_cluster["env"].items() if k != "RAY_ADDRESS"}
+    port, log = free_port(), tmp_path / "serve.log"
+    proc = subprocess.Popen([str(BIN / "ray-app"), "serve", "--local", "--ingress", "haproxy", "--port", str(port),
+                             "--model-uri", f"models:/{champion.model.name}@champion"], env=env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        schema = wait_until(lambda: proc.poll() is None and _get_json(f"http://127.0.0.1:{port}/schema"),
+                            timeout=300, what=f"ray-app serve --ingress haproxy ({log})")
+        row = {name: 0.1 for name in schema["schema"]["numeric"]}
+        row.update({name: values[0] for name, values in schema["schema"]["categorical"].items()})
+        answer = httpx.post(f"http://127.0.0.1:{port}/predict", json={"instances": [row]}, timeout=30)
+        assert answer.status_code == 200 and answer.json()["model"] == champion.model.uri, answer.text
+        assert httpx.get("http://127.0.0.1:8404/stats", timeout=10).status_code == 200  # HAProxy's own page
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
 
 
 def _get_json(url: str):

@@ -46,7 +46,7 @@ def test_zero_weight_gets_nothing_and_settings_are_validated():
 def test_feedback_log_scores_keeps_rows_and_forgets_old_ids(tmp_path):
     import pandas as pd
 
-    from ray_app.serve.router import FeedbackLog
+    from ray_app.serve.feedback import FeedbackLog
     from ray_app.serve.validation import RequestError
 
     log = FeedbackLog(str(tmp_path), flush_rows=3, capacity=2)

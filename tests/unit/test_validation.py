@@ -2,10 +2,18 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from ray_app.package import FeatureSchema
-from ray_app.serve.validation import RequestError, parse_body, validate_instances
+from ray_app.serve.validation import (
+    RequestError,
+    ValidRows,
+    check_labels,
+    check_outputs,
+    parse_body,
+    validate_instances,
+)
 
 SCHEMA = FeatureSchema(label="label", task="classification", numeric=["x0", "x1"],
                        categorical={"segment": ["a", "b"]})
@@ -28,8 +36,21 @@ MALFORMED = [
     (json.dumps({"instances": [{**GOOD, "x0": True}]}).encode(), 422, "'x0': expected a number, got bool"),
     (json.dumps({"instances": [{**GOOD, "x1": None}]}).encode(), 422, "'x1': expected a number, got NoneType"),
     (json.dumps({"instances": [{**GOOD, "segment": 3}]}).encode(), 422, "'segment': expected a string category"),
-    (b'{"instances": [{"x0": 1e999, "x1": 1, "segment": "a"}]}', 422, "inf is not a finite number"),
+    (b'{"instances": [{"x0": -Infinity, "x1": 1, "segment": "a"}]}', 422, "-Infinity is not allowed"),
+    (b'{"instances": [{"x0": 1e999, "x1": 1, "segment": "a"}]}', 422, "too large"),
     (json.dumps({"instances": [{**GOOD, "x0": 10**400}]}).encode(), 422, "too large"),
+    # finite in JSON, infinite in the network's float32 (issue 17: these cost a 500)
+    (json.dumps({"instances": [{**GOOD, "x0": 1e300}]}).encode(), 422, "'x0': 1e+300 is outside the range of a 32"),
+    (json.dumps({"instances": [{**GOOD, "x1": -1e39}]}).encode(), 422, "'x1': -1e+39 is outside the range"),
+    (b"[" * 200_000, 400, "depth limit exceeded"),
+    (b'{"instances": [{"x0": 1, "x1": 1, "segment": "\ud800"}]}', 400, "not valid JSON"),
+    (b'\xff\xfe{"instances": []}', 400, "not valid JSON"),
+    (json.dumps({"instances": [GOOD], "user_id": {"id": 1}}).encode(), 422, "user_id must be a string or an integer"),
+    (json.dumps({"instances": [GOOD], "user_id": [1, 2]}).encode(), 422, "user_id must be a string or an integer"),
+    (json.dumps({"instances": [GOOD], "user_id": True}).encode(), 422, "user_id must be a string or an integer"),
+    (json.dumps({"instances": [GOOD], "request_id": 1.5}).encode(), 422, "request_id must be a string or an int"),
+    (json.dumps({"instances": [GOOD], "request_id": "r" * 257}).encode(), 422, "request_id is over 256 characters"),
+    (json.dumps({"instances": [{**GOOD, "segment": [[[["deep"]]]]}]}).encode(), 422, "got list a list of 1"),
     (json.dumps({"instances": [GOOD] * 11}).encode(), 413, "over the limit of 10"),
     (json.dumps({"instances": [GOOD], "extra": 1}).encode(), 422, "unknown top-level field(s): extra"),
 ]
@@ -51,11 +72,60 @@ def test_problems_across_rows_are_listed_together():
     assert "instance 1: field 'x1'" in err.value.message
 
 
-def test_valid_request_gives_typed_frame_in_schema_order():
-    frame = validate_instances({"instances": [{"segment": "b", "x1": 2, "x0": 1.5}], "user_id": "u1"},
-                               SCHEMA, max_rows=10)
-    assert list(frame.columns) == ["x0", "x1", "segment"]
-    assert frame["x1"].dtype == "float64" and frame.loc[0, "segment"] == "b"
+def test_valid_request_gives_arrays_in_schema_order():
+    rows = validate_instances({"instances": [{"segment": "b", "x1": 2, "x0": 1.5}, {"segment": "z", "x1": 2**70,
+                                                                                  "x0": -3}], "user_id": "u1"},
+                              SCHEMA, max_rows=10)
+    assert rows.numeric.dtype == np.float64 and rows.numeric.tolist() == [[1.5, 2.0], [-3.0, float(2**70)]]
+    assert rows.categorical == [["b", "z"]] and len(rows) == 2
+
+
+def test_rows_of_several_requests_concatenate_in_order():
+    first = validate_instances({"instances": [GOOD]}, SCHEMA, 10)
+    second = validate_instances({"instances": [{**GOOD, "x0": 9, "segment": "b"}] * 2}, SCHEMA, 10)
+    numeric, categorical = ValidRows.concat([first, second])
+    assert numeric[:, 0].tolist() == [0.5, 9, 9] and categorical == [["a", "b", "b"]]
+    assert ValidRows.concat([first]) == (first.numeric, first.categorical)
+
+
+def test_ids_within_bounds_are_accepted():
+    for user_id in ("u" * 256, 12345, -(10**200)):
+        frame = validate_instances({"instances": [GOOD], "user_id": user_id, "request_id": "r1"}, SCHEMA, 10)
+        assert len(frame) == 1
+
+
+def test_messages_stay_short_whatever_the_client_sends():
+    huge_key = "k" * 100_000
+    for payload in ({"instances": [GOOD], huge_key: 1}, {"instances": [{**GOOD, huge_key: 1}]},
+                    {"instances": [{**GOOD, "x0": "v" * 100_000}]}):
+        with pytest.raises(RequestError) as err:
+            validate_instances(payload, SCHEMA, max_rows=10)
+        assert err.value.status == 422 and len(err.value.message) < 300, err.value.message
+
+
+@pytest.mark.parametrize("outputs", [np.array([[0.1, 0.2], [np.inf, 0.0]]), np.array([[np.nan, 1.0], [0.0, 1.0]]),
+                                     np.array([1.0, -np.inf])])
+def test_non_finite_model_outputs_are_the_callers_422(outputs):
+    with pytest.raises(RequestError) as err:
+        check_outputs(outputs)
+    assert err.value.status == 422 and "inputs out of range" in err.value.message
+
+
+def test_finite_outputs_pass():
+    check_outputs(np.array([[0.1, 3e38], [-3e38, 0.0]], dtype=np.float32))
+
+
+@pytest.mark.parametrize(("labels", "regression", "text"), [
+    ("a", False, "expected 2 label(s)"), (["a"], False, "expected 2 label(s)"),
+    (["a", [1]], False, "label 1: expected a class"), (["a", None], False, "label 1: expected a class"),
+    (["a", {"k": 1}], False, "label 1: expected a class"), (["a", "b" * 300], False, "over 256"),
+    ([1.0, "2"], True, "label 1: regression labels must be finite numbers"),
+    ([1.0, True], True, "label 1: regression"), ([1e308 * 10, 1.0], True, "label 0: regression"),
+])
+def test_feedback_labels_are_checked_before_they_are_kept(labels, regression, text):
+    with pytest.raises(RequestError) as err:
+        check_labels(labels, 2, regression)
+    assert err.value.status == 422 and text in err.value.message
 
 
 def test_oversized_body_is_refused():

@@ -1,0 +1,179 @@
+"""Serving against a hand-written FastAPI app: req/s and p50/p99 at 1, 16 and 64 clients, one row per request.
+
+One run, one machine, one bundle. Each server runs in its own process (and its own Ray), the load generator
+(bench/loadgen.py, aiohttp) in another. The cells:
+  fastapi     a bare FastAPI + uvicorn app doing the same work by hand: parse, validate, the bundle's compiled
+              encoder and ONNX network, answer (the baseline of every ratio)
+  serve       `ray-app serve` as shipped: Serve's default proxy, batching and monitoring on
+  haproxy     the same behind Ray's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1 in the cluster)
+  haproxy-nomon  the same without monitoring (the "monitoring on / off" ratio)
+  router      the A/B router (one variant at weight 1) in front of `haproxy`
+  serve-slow  `serve` with the fast path off (transform_batch + torch, as before the fast path)
+  serve-5ms   `serve` with batch_wait_timeout_s 0.005 (the old default) instead of 0
+
+    python bench/serve_vs_fastapi.py [--cells fastapi,serve,haproxy,...] [--clients 1,16,64] [--duration 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from fastapi import Request, Response  # module level: FastAPI resolves the handler's annotations here
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+CELLS = ["fastapi", "serve", "haproxy", "haproxy-nomon", "router", "serve-slow", "serve-5ms"]
+PORT = 8013
+
+
+def fastapi_app(folder: str):
+    """The hand-written baseline: no Ray, the same bundle's fast path."""
+    import orjson
+    from fastapi import FastAPI
+
+    from ray_app.package import ModelBundle
+    from ray_app.serve.validation import RequestError, check_outputs, parse_body, validate_instances
+
+    bundle = ModelBundle.load(folder)
+    assert bundle.compile(1e-4).startswith("fast"), "the baseline needs the fast path"
+    app = FastAPI()
+
+    @app.post("/predict")
+    async def predict(request: Request) -> Response:
+        try:
+            rows = validate_instances(parse_body(await request.body()), bundle.schema, 1000)
+            output = bundle.score(rows.numeric, rows.categorical)
+            check_outputs(output)
+        except RequestError as exc:
+            return exc.answer()
+        return Response(orjson.dumps(bundle.answer(output)), media_type="application/json")
+
+    return app
+
+
+def serve_cell(cell: str, folder: str, port: int) -> None:
+    """Run one Serve cell in this process until SIGTERM."""
+    if cell.startswith("haproxy") or cell == "router":
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"  # read at import by the controller, which inherits it
+    import ray
+    from ray import serve
+
+    from ray_app.config import MonitorConfig, ServeSettings
+    from ray_app.serve.app import VariantArgs, monitor_app, variant_app
+    from ray_app.serve.router import ABRouter
+    from ray_app.serve.variant import BundleDirLoader
+
+    ray.init(address="local", num_cpus=6, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    settings = ServeSettings(fast_path=cell != "serve-slow", batch_wait_timeout_s=0.005 if cell == "serve-5ms" else 0)
+    monitor = None if cell == "haproxy-nomon" else monitor_app(MonitorConfig(), tempfile.mkdtemp())
+    variant = variant_app(VariantArgs(model_uri=folder, variant="bench", serve=settings), loader=BundleDirLoader(),
+                          monitor=monitor)
+    app = (ABRouter.options(user_config={"experiment": "bench", "weights": {"bench": 1}}).bind({"bench": variant})
+           if cell == "router" else variant)
+    serve.run(app, name="bench", route_prefix="/")
+    signal.signal(signal.SIGTERM, lambda *_: (serve.shutdown(), ray.shutdown(), sys.exit(0)))
+    print("READY", flush=True)
+    while True:
+        time.sleep(3600)
+
+
+def start_server(cell: str, folder: str, port: int, log: Path) -> subprocess.Popen:
+    if cell == "fastapi":
+        code = (f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import uvicorn, serve_vs_fastapi as b; "
+                f"uvicorn.run(b.fastapi_app({folder!r}), host='127.0.0.1', port={port}, log_level='warning')")
+        cmd = [sys.executable, "-c", code]
+    else:
+        cmd = [sys.executable, __file__, "--serve", cell, "--bundle", folder, "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code in (200, 404, 405):
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(1)
+    proc.kill()
+    raise RuntimeError(f"{cell} did not start: see {log}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def load(url: str, body_file: Path, clients: int, duration: float) -> dict:
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "loadgen.py"), url, str(body_file), "--clients",
+                           str(clients), "--duration", str(duration)], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", default=",".join(CELLS))
+    parser.add_argument("--clients", default="1,16,64")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument("--reuse", action="store_true", help="reuse bench/out/bundle if it is there")
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--bundle", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=PORT, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve_cell(args.serve, args.bundle, args.port)
+        return
+
+    from serve_latency import prepare_bundle
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    folder, body = prepare_bundle(args.out, reuse=args.reuse)
+    import ray
+
+    ray.shutdown()
+    body_file = args.out / "one_row.json"
+    body_file.write_text(json.dumps(body))
+    clients = [int(c) for c in args.clients.split(",")]
+    results: dict[tuple[str, int], dict] = {}
+    for cell in args.cells.split(","):
+        proc = start_server(cell, str(folder), args.port, args.out / f"server-{cell}.log")
+        try:
+            for n in clients:
+                results[(cell, n)] = load(f"http://127.0.0.1:{args.port}/predict", body_file, n, args.duration)
+                print(cell, n, results[(cell, n)], flush=True)
+        finally:
+            stop_server(proc)
+
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+          f"ray {ray.__version__}; {args.duration:.0f} s per cell, 1 row per request, load generator in its own "
+          "process")
+    print("| server | clients | req/s | p50 ms | p99 ms | errors | req/s vs fastapi | p50 vs fastapi |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (cell, n), r in results.items():
+        base = results.get(("fastapi", n))
+        ratio = (f"{r['rps'] / base['rps']:.3f} | {r['p50'] / base['p50']:.2f}" if base else "- | -")
+        print(f"| {cell} | {n} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['errors']} | {ratio} |")
+    pairs = [("router", "haproxy", "p50"), ("haproxy-nomon", "haproxy", "rps"), ("serve-5ms", "serve", "rps")]
+    for a, b, key in pairs:
+        if all((c, n) in results for c in (a, b) for n in clients):
+            print(f"{a} / {b} {key}: " + ", ".join(f"{n} clients {results[(a, n)][key] / results[(b, n)][key]:.2f}"
+                                                   for n in clients))
+
+
+if __name__ == "__main__":
+    main()
