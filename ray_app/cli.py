@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override one config field, e.g. --set train.epochs=3 (repeatable)")
         p.add_argument("--local", action="store_true", help="run on a private local Ray, not the cluster in "
                                                             "RAY_ADDRESS or one started by `ray start`")
+        p.add_argument("--debug", action="store_true", help="print the traceback of any error, not only of bugs")
         p.set_defaults(func=func)
         return p
 
@@ -138,8 +139,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mlflow.exceptions import MlflowException
-
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.spec, args.overrides)
@@ -147,12 +146,32 @@ def main(argv: list[str] | None = None) -> int:
         if args.local:
             paths = paths.model_copy(update={"local_ray": True})
         return args.func(Stage(args, cfg, paths))
-    except (UserError, LookupError, FileNotFoundError, MlflowException) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except Exception as exc:  # an error is exit 2, never 1 (which means "rejected by a gate")
+        mistake = user_mistake(exc)
+        if mistake is None or args.debug:
+            traceback.print_exc()
+        if mistake is not None:
+            print(f"error: {mistake}", file=sys.stderr)
         return ExitCode.ERROR
-    except Exception:  # an error is exit 2, never 1 (which means "rejected by a gate")
-        traceback.print_exc()
-        return ExitCode.ERROR
+
+
+def user_mistake(exc: BaseException) -> str | None:
+    """The one-line message of an error the user can fix (a bad file, spec, argument or model URI), also when it
+    was raised inside a Ray task; None for a bug, whose traceback is printed."""
+    from mlflow.exceptions import MlflowException
+    from pydantic import ValidationError
+
+    cause = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError: the task's own exception
+    if cause is not None and cause is not exc and isinstance(cause, BaseException):
+        return user_mistake(cause)
+    if isinstance(exc, ValidationError):
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+        return f"invalid config: {problems}"
+    if isinstance(exc, MlflowException):
+        return str(exc.message).strip().splitlines()[0]
+    if isinstance(exc, UserError | LookupError | FileNotFoundError):  # one line, however the message was laid out
+        return " ".join(line.strip() for line in str(exc).strip().splitlines()) or type(exc).__name__
+    return None
 
 
 if __name__ == "__main__":

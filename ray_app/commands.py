@@ -38,9 +38,12 @@ class Stage:
 
 
 def _connect_for_training(s: Stage, stage: str = "training", dashboard: bool = False) -> None:
-    """Join Ray, then make sure one training run (or tuning trial) can get its resources, or say why not."""
+    """Check the data source, join Ray, then make sure one training run (or tuning trial) can get its resources,
+    or say why not."""
+    from ray_app.data.preprocess import preflight
     from ray_app.resources import require, training_need
 
+    preflight(s.cfg.data, s.paths.data_dir)  # a bad file or spec is one error line before Ray starts
     connect_ray(s.paths, dashboard=dashboard)
     require(training_need(s.cfg, stage), s.args.wait_for_resources, log=lambda line: print(line, file=sys.stderr))
 
@@ -54,8 +57,9 @@ def _verdict(passed: bool) -> ExitCode:
 
 
 def cmd_ingest(s: Stage) -> int:
-    from ray_app.data.preprocess import prepare
+    from ray_app.data.preprocess import preflight, prepare
 
+    preflight(s.cfg.data, s.paths.data_dir)
     connect_ray(s.paths)
     data = prepare(s.cfg.data, s.paths.data_dir)
     _print({"dataset_version": data.version.model_dump(), "features": data.spec.model_dump(),
@@ -105,9 +109,12 @@ def cmd_aliases(s: Stage) -> int:
 
 
 def cmd_predict(s: Stage) -> int:
+    from ray_app.data.sources import resolve_files
     from ray_app.serve.batch import score_files
     from ray_app.serve.variant import RegistryLoader
 
+    s.registry.resolve(s.args.model_uri)  # a wrong URI or file is one error line before Ray starts
+    resolve_files(s.args.input)
     connect_ray(s.paths)
     rows = score_files(s.args.input, s.args.output, s.args.model_uri, RegistryLoader(s.paths.tracking_uri),
                        concurrency=s.args.concurrency)
@@ -206,6 +213,7 @@ def cmd_export(s: Stage) -> int:
 def cmd_serve(s: Stage) -> int:
     from ray_app.serve.app import HAPROXY_INGRESS_ENV, start_serving, wait_for_interrupt
 
+    s.registry.resolve(s.args.model_uri)  # a wrong URI is one error line here, not a replica that never starts
     if s.args.ingress == "haproxy":
         os.environ.update(HAPROXY_INGRESS_ENV)  # inherited by the Serve controller of a Ray started here
     where = connect_ray(s.paths)

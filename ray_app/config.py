@@ -55,6 +55,9 @@ class DataConfig(_Strict):
     seed: int = 0
     synthetic: SyntheticConfig = SyntheticConfig()
     feedback: str | None = None  # labelled rows from the router's /feedback (Parquet folder), appended if present
+    exclude: list[str] = Field(default_factory=list)  # ID and leaky columns: never features
+    # A categorical feature keeps its most frequent categories; the rest encode as "other" (all zeros, as unseen)
+    max_categories: int = Field(50, ge=2)
 
 
 class ModelConfig(_Strict):
@@ -92,6 +95,8 @@ class DataGateConfig(_Strict):
 
     min_rows: int = Field(50, ge=1)
     max_null_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    # with a champion: a column's null fraction may exceed the champion's training share by this much at most
+    null_fraction_slack: float = Field(0.05, ge=0.0, le=1.0)
     min_class_fraction: float = Field(0.02, ge=0.0, lt=1.0)
     range_slack: float = Field(0.25, ge=0.0, description="widen the reference [min, max] by this share of its span")
     ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)

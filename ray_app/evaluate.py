@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ray_app.config import ExperimentConfig
-from ray_app.data.preprocess import PreparedData
+from ray_app.data.preprocess import PreparedData, category_text, fitted_categories
 from ray_app.gate import score
 from ray_app.metrics import baseline_metrics, classification_metrics, regression_metrics
 from ray_app.package import FeatureSchema, ModelBundle
@@ -28,15 +28,19 @@ def holdout_metrics(bundle: ModelBundle, holdout: pd.DataFrame) -> dict[str, flo
 def build_bundle(data: PreparedData, outcome: TrainOutcome) -> ModelBundle:
     """The ModelBundle of a finished run: weights, fitted preprocessor, schema, reference profile."""
     spec = data.spec
-    categories = {col: sorted(map(str, data.raw["train"].unique(col))) for col in spec.categorical}
+    categories = fitted_categories(data.preprocessor, spec.categorical)
     sample = data.raw["train"].limit(REFERENCE_ROWS).to_pandas()[[*spec.features, spec.label]]
+    for column in spec.categorical:  # as served: text (an integer code as "7"), a null kept a null
+        sample[column] = sample[column].map(lambda v: None if pd.isna(v) else category_text(v))
+    sample[spec.boolean] = sample[spec.boolean].astype(float)
     if spec.task == "classification":  # the monitor compares served class predictions with these, as text
         sample[spec.label] = sample[spec.label].astype(str)
     return ModelBundle(
         mlp=outcome.mlp,
         state_dict=outcome.state_dict,
         preprocessor_state=data.preprocessor.serialize(),
-        schema=FeatureSchema(label=spec.label, task=spec.task, numeric=spec.numeric, categorical=categories),
+        schema=FeatureSchema(label=spec.label, task=spec.task, numeric=spec.numeric, categorical=categories,
+                             nullable=spec.nullable, boolean=spec.boolean),
         target=data.target,
         dataset_version=data.version.model_dump(),
         reference_profile=profile_frame(sample),

@@ -23,10 +23,14 @@ class NotCompilable(Exception):
 
 @dataclass(frozen=True)
 class CompiledEncoder:
-    """Scaling and one-hot encoding as arrays: (x - mean) / std per numeric column, then one indicator per
-    category seen in training (an unseen category is all zeros), concatenated in the schema's feature order."""
+    """Imputation, missing indicators, scaling and one-hot encoding as arrays: a missing number takes its imputed
+    value (and a 1 in its indicator, for features nullable in training), numbers and indicators are scaled by
+    (x - mean) / std, and each categorical feature gets one indicator per category kept in training (unseen: all
+    zeros; missing: `__missing__`), concatenated in the preprocessor's order."""
 
     numeric: tuple[str, ...]
+    fills: np.ndarray  # per numeric feature: the imputed value, NaN where the chain imputes nothing
+    flagged: tuple[int, ...]  # numeric features (by position) with a missing indicator
     means: np.ndarray
     stds: np.ndarray
     categorical: tuple[str, ...]
@@ -34,60 +38,83 @@ class CompiledEncoder:
 
     @property
     def width(self) -> int:
-        return len(self.numeric) + sum(len(codes) for codes in self.codes)
+        return len(self.numeric) + len(self.flagged) + sum(len(codes) for codes in self.codes)
 
     @classmethod
-    def from_preprocessor(cls, chain, numeric: list[str], categorical: list[str]) -> CompiledEncoder:
-        """Read the fitted Chain(StandardScaler, OneHotEncoder, Concatenator) that `build_preprocessor` makes."""
-        from ray.data.preprocessors import Concatenator, OneHotEncoder, StandardScaler
+    def from_preprocessor(cls, chain, numeric: list[str], categorical: list[str],
+                          nullable: list[str] = ()) -> CompiledEncoder:
+        """Read the fitted Chain that `build_preprocessor` makes: SimpleImputer (constant) per numeric feature,
+        StandardScaler, OneHotEncoder, Concatenator. Any other step: NotCompilable."""
+        from ray.data.preprocessors import Concatenator, OneHotEncoder, SimpleImputer, StandardScaler
 
+        from ray_app.data.preprocess import indicator
+
+        flagged = tuple(j for j, name in enumerate(numeric) if name in nullable)
+        scaled_columns = [*numeric, *(indicator(numeric[j]) for j in flagged)]
         stats: dict = {}
+        fills = np.full(len(numeric), np.nan)
         for step in getattr(chain, "_preprocessors", [chain]):
-            if isinstance(step, StandardScaler | OneHotEncoder):
+            if isinstance(step, SimpleImputer) and step.strategy == "constant":
+                for column in step.columns:
+                    if column not in numeric:
+                        raise NotCompilable(f"imputation of {column!r}, which is not a numeric feature")
+                    fills[numeric.index(column)] = float(step.fill_value)
+            elif isinstance(step, StandardScaler | OneHotEncoder):
                 stats.update(step.stats_)
             elif isinstance(step, Concatenator):
-                if list(step._columns) != [*numeric, *categorical] or not step._flatten:
-                    raise NotCompilable(f"concatenation of {step._columns} is not the schema's feature order")
+                if list(step._columns) != [*scaled_columns, *categorical] or not step._flatten:
+                    raise NotCompilable(f"concatenation of {step._columns} is not the model's feature order")
             else:
                 raise NotCompilable(f"no compiled form of {type(step).__name__}")
         try:
-            means = np.array([stats[f"mean({name})"] for name in numeric], dtype=np.float64)
-            stds = np.array([stats[f"std({name})"] for name in numeric], dtype=np.float64)
+            means = np.array([stats[f"mean({name})"] for name in scaled_columns], dtype=np.float64)
+            stds = np.array([stats[f"std({name})"] for name in scaled_columns], dtype=np.float64)
             codes = tuple(dict(stats[f"unique_values({name})"]) for name in categorical)
         except (KeyError, TypeError, ValueError) as exc:
             raise NotCompilable(f"fitted statistics incomplete: {exc}") from None
         stds = np.where(stds < 1e-8, 1.0, stds)  # as Ray's StandardScaler: a constant column is only centred
-        return cls(tuple(numeric), means.reshape(1, -1), stds.reshape(1, -1), tuple(categorical), codes)
+        return cls(tuple(numeric), fills, flagged, means.reshape(1, -1), stds.reshape(1, -1), tuple(categorical),
+                   codes)
 
-    def encode(self, numeric: np.ndarray, categorical: list[list[str]]) -> np.ndarray:
-        """`numeric`: (rows, numeric features) float64; `categorical`: one list of values per categorical feature."""
+    def encode(self, numeric: np.ndarray, categorical: list[list]) -> np.ndarray:
+        """`numeric`: (rows, numeric features) float64, NaN where missing; `categorical`: one list of values per
+        categorical feature (None where missing)."""
+        from ray_app.data.preprocess import category_text
+
         rows = len(numeric) if len(self.numeric) else len(categorical[0])
         out = np.zeros((rows, self.width), dtype=np.float32)
         if self.numeric:
-            out[:, :len(self.numeric)] = (numeric - self.means) / self.stds
-        start = len(self.numeric)
+            missing = np.isnan(numeric)
+            values = np.where(missing & ~np.isnan(self.fills), self.fills, numeric)
+            if self.flagged:
+                values = np.concatenate([values, missing[:, list(self.flagged)].astype(np.float64)], axis=1)
+            out[:, :values.shape[1]] = (values - self.means) / self.stds
+        start = len(self.numeric) + len(self.flagged)
         for codes, values in zip(self.codes, categorical, strict=True):
             for i, value in enumerate(values):
-                column = codes.get(value)
+                column = codes.get(value if isinstance(value, str) else category_text(value))
                 if column is not None:
                     out[i, start + column] = 1.0
             start += len(codes)
         return out
 
     def encode_frame(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.encode(frame[list(self.numeric)].to_numpy(dtype=np.float64),
-                           [frame[name].tolist() for name in self.categorical])
+        numeric = frame[list(self.numeric)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+        return self.encode(numeric, [[None if pd.isna(v) else v for v in frame[name].tolist()]
+                                     for name in self.categorical])
 
     def probe_rows(self, rows: int = 24) -> pd.DataFrame:
-        """Rows that touch every category, an unseen one, and numbers from zero to far beyond the training range."""
-        scales = np.array([0.0, 1.0, -1.0, 3.0, -3.0, 0.5, 1e3, -1e6, 1e20, 7.0])
-        rows = max(rows, len(scales), *(len(codes) + 1 for codes in self.codes))
+        """Rows that touch every category, an unseen one, a missing value, and numbers from zero to far beyond
+        the training range."""
+        scales = np.array([0.0, 1.0, -1.0, 3.0, -3.0, 0.5, 1e3, -1e6, 1e20, 7.0, np.nan])
+        rows = max(rows, len(scales), *(len(codes) + 2 for codes in self.codes))
+        means, stds = self.means[0, :len(self.numeric)], self.stds[0, :len(self.numeric)]
         data: dict[str, list] = {}
         for j, name in enumerate(self.numeric):
             z = scales[(np.arange(rows) + j) % len(scales)]
-            data[name] = (self.means[0, j] + z * self.stds[0, j]).tolist()
+            data[name] = (means[j] + z * stds[j]).tolist()
         for name, codes in zip(self.categorical, self.codes, strict=True):
-            seen = sorted(codes, key=codes.get) + [UNSEEN]
+            seen = sorted(codes, key=codes.get) + [UNSEEN, None]
             data[name] = [seen[i % len(seen)] for i in range(rows)]
         return pd.DataFrame(data, columns=[*self.numeric, *self.categorical])
 
@@ -127,18 +154,19 @@ class FastPath:
         import warnings
 
         schema = bundle.schema
-        encoder = CompiledEncoder.from_preprocessor(bundle.preprocessor, schema.numeric, list(schema.categorical))
+        encoder = CompiledEncoder.from_preprocessor(bundle.preprocessor, schema.numeric, list(schema.categorical),
+                                                    schema.nullable)
         probe = encoder.probe_rows()
         encoded, expected = encoder.encode_frame(probe), bundle.encode(probe)
-        if encoded.shape != expected.shape or not np.allclose(encoded, expected, rtol=0, atol=tolerance):
+        if encoded.shape != expected.shape or not np.allclose(encoded, expected, rtol=0, atol=tolerance,
+                                                              equal_nan=True):
             raise NotCompilable("the compiled encoder differs from transform_batch on the probe rows")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notice that this exporter is the legacy one
             network = OnnxNetwork(bundle.model, bundle.mlp.in_features)
         fast = cls(encoder, network)
         finite = np.isfinite(expected).all(axis=1)
-        got = fast.outputs(probe[list(encoder.numeric)].to_numpy(dtype=np.float64),
-                           [probe[name].tolist() for name in encoder.categorical])
+        got = fast.network(encoded)
         want = bundle.outputs(probe)
         rows = finite & np.isfinite(want.reshape(len(want), -1)).all(axis=1)
         # relative beyond 1: the probe's extreme rows give outputs far from 1, where float32 rounding is larger

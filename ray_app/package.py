@@ -13,7 +13,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from ray_app.config import UserError
-from ray_app.data.preprocess import FEATURES_COLUMN, TargetEncoding, load_preprocessor
+from ray_app.data.preprocess import TargetEncoding, encode_rows, load_preprocessor
 from ray_app.fastpath import FastPath, NotCompilable
 from ray_app.train.model import MLPSpec, TabularMLP
 
@@ -31,6 +31,8 @@ class FeatureSchema(BaseModel):
     task: str
     numeric: list[str]
     categorical: dict[str, list[str]]
+    nullable: list[str] = []  # features that may be null: imputed as in training (others: 422 when null)
+    boolean: list[str] = []  # numeric features that are booleans: true/false or 0/1
 
     @property
     def features(self) -> list[str]:
@@ -71,9 +73,7 @@ class ModelBundle:
 
     def encode(self, rows: pd.DataFrame) -> np.ndarray:
         """Raw feature rows to the float32 matrix the network reads, exactly as in training."""
-        # Ray's preprocessors realign on a 0-based index: any other index silently yields NaN features.
-        transformed = self.preprocessor.transform_batch(rows[self.schema.features].reset_index(drop=True))
-        return np.stack(transformed[FEATURES_COLUMN].to_numpy()).astype(np.float32, copy=False)
+        return encode_rows(self.preprocessor, self.schema, rows)
 
     @torch.no_grad()
     def outputs(self, rows: pd.DataFrame) -> np.ndarray:

@@ -79,8 +79,13 @@ class ProfileReader:
         self.columns = {str(name): column for name, column in self.view.get_columns().items()}
 
     def rows(self, column: str) -> int:
+        total, nulls = self.null_counts(column)
+        return total - nulls
+
+    def null_counts(self, column: str) -> tuple[int, int]:
+        """(rows, of which null: None or NaN) of a column."""
         summary = self.columns[column].to_summary_dict() if column in self.columns else {}
-        return int(summary.get("counts/n", 0)) - int(summary.get("counts/null", 0))
+        return int(summary.get("counts/n", 0)), int(summary.get("counts/null", 0))
 
     def _kll(self, column: str):
         metric = self.columns[column].get_metric("distribution") if column in self.columns else None

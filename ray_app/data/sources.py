@@ -9,6 +9,8 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -25,7 +27,8 @@ class DataSourceError(UserError):
 
 
 class FeatureSpec(BaseModel):
-    """Which columns are features (numeric, categorical), which is the label, and the task."""
+    """Which columns are features (numeric, categorical), which is the label, and the task. `boolean` features are
+    numeric 0/1; `nullable` ones had nulls in the train split (imputed, with a missing indicator if numeric)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -33,6 +36,8 @@ class FeatureSpec(BaseModel):
     numeric: list[str]
     categorical: list[str]
     task: Literal["classification", "regression"]
+    boolean: list[str] = []
+    nullable: list[str] = []
 
     @property
     def features(self) -> list[str]:
@@ -153,30 +158,45 @@ def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(path if "://" in path else str(Path(path).resolve()))
 
 
+def _checked_rows(fs: pafs.FileSystem, inner: str, path: str) -> int:
+    """The rows of one file, read the cheap way (Parquet: the footer; CSV: a streaming parse, one block at a time)."""
+    try:
+        if path.endswith(".parquet"):
+            return pq.ParquetFile(fs.open_input_file(inner)).metadata.num_rows
+        rows = 0
+        with fs.open_input_stream(inner) as stream:
+            for batch in pacsv.open_csv(stream):
+                rows += batch.num_rows
+        return rows
+    except (pa.ArrowException, OSError) as exc:
+        kind = "Parquet" if path.endswith(".parquet") else "CSV"
+        detail = str(exc).strip().splitlines()[0][:200] or type(exc).__name__
+        raise DataSourceError(f"{path} is not a readable {kind} file ({detail}): re-export it, or move it out of "
+                              "the data source") from None
+
+
 def _read_schema(path: str) -> dict[str, str]:
     if path.endswith(".parquet"):
         fs, inner = _filesystem(path)
         return {field.name: str(field.type) for field in pq.read_schema(inner, filesystem=fs)}
-    head = pd.read_csv(path, nrows=100)
-    return {col: str(dtype) for col, dtype in head.dtypes.items()}
+    fs, inner = _filesystem(path)
+    with fs.open_input_stream(inner) as stream:  # Arrow's inference, as Ray Data's read_csv will see the file
+        return {field.name: str(field.type) for field in pacsv.open_csv(stream).schema}
 
 
 def fingerprint(files: list[str]) -> DatasetVersion:
-    """Hash the bytes of every file (in sorted order) and the schema into a DatasetVersion."""
+    """Hash the bytes of every file (in sorted order) and the schema into a DatasetVersion. Every file is checked
+    on the way: a Parquet footer that cannot be read, or a CSV row of the wrong width, is a DataSourceError that
+    names the file."""
     digest = hashlib.sha256()
     num_rows = 0
     for path in sorted(files):
         fs, inner = _filesystem(path)
-        lines, last = 0, b"\n"
         with fs.open_input_stream(inner) as stream:
             while chunk := stream.read(1 << 20):
                 digest.update(chunk)
-                lines, last = lines + chunk.count(b"\n"), chunk[-1:]
         digest.update(b"\0")
-        if path.endswith(".parquet"):
-            num_rows += pq.ParquetFile(fs.open_input_file(inner)).metadata.num_rows
-        else:  # CSV: one header line, and maybe no newline after the last row
-            num_rows += max(lines - 1 + (last != b"\n"), 0)
+        num_rows += _checked_rows(fs, inner, path)
     columns = _read_schema(sorted(files)[0])
     digest.update(json.dumps(columns, sort_keys=True).encode())
     return DatasetVersion(id=digest.hexdigest()[:16], files=sorted(files), columns=columns, num_rows=num_rows)
@@ -185,7 +205,21 @@ def fingerprint(files: list[str]) -> DatasetVersion:
 def read_frame(files: list[str]) -> pd.DataFrame:
     """Read Parquet or CSV files into one pandas DataFrame, without Ray (gates look at every row)."""
     fmt = "parquet" if files[0].endswith(".parquet") else "csv"
-    return pads.dataset(files, format=fmt).to_table().to_pandas()
+    try:
+        return pads.dataset(files, format=fmt).to_table().to_pandas()
+    except (pa.ArrowException, OSError) as exc:
+        detail = str(exc).strip().splitlines()[0][:200]
+        names = ", ".join(files[:3]) + (" ..." if len(files) > 3 else "")
+        raise DataSourceError(f"cannot read {names}: {detail}") from None
+
+
+def read_column(files: list[str], column: str) -> pd.Series:
+    """One column of Parquet or CSV files, without Ray (Parquet reads only that column)."""
+    fmt = "parquet" if files[0].endswith(".parquet") else "csv"
+    try:
+        return pads.dataset(files, format=fmt).to_table(columns=[column]).column(column).to_pandas()
+    except (pa.ArrowException, OSError) as exc:
+        raise DataSourceError(f"cannot read column {column!r}: {str(exc).strip().splitlines()[0][:200]}") from None
 
 
 def read_dataset(files: list[str]):
@@ -199,27 +233,46 @@ def read_dataset(files: list[str]):
     raise DataSourceError("mixed Parquet and CSV files in one source are not supported")
 
 
+DATE_TYPES = ("date", "timestamp", "datetime", "time64", "duration")
+
+
+def is_numeric_type(dtype: str) -> bool:
+    """Arrow or pandas type names that train as numbers: integers (nullable ones too), floats, booleans."""
+    return dtype.lower().startswith(("int", "uint", "float", "double", "bool", "halffloat"))
+
+
 def infer_spec(cfg: DataConfig, columns: dict[str, str]) -> FeatureSpec:
-    """Decide label, features and task from the config, falling back to the schema's types."""
+    """Decide label, features and task from the config, falling back to the schema's types (Arrow or pandas
+    type names). Dates and timestamps are refused with the fix; `data.exclude` drops ID and leaky columns."""
     builtin_label = "label" if cfg.source in BUILTIN_SETS else None
     label = cfg.label or builtin_label
     if label is None:
-        raise DataSourceError(f"data.label is required for source {cfg.source!r}")
+        raise DataSourceError(f"data.label is required for source {cfg.source!r}: name the column to predict")
     if label not in columns:
-        raise DataSourceError(f"label column {label!r} not in the data (columns: {', '.join(columns)})")
+        raise DataSourceError(f"label column {label!r} not in the data (columns: {', '.join(columns)}): "
+                              "set data.label to one of them")
+    excluded = set(cfg.exclude)
+    unknown = sorted(excluded - set(columns))
+    if unknown:
+        raise DataSourceError(f"data.exclude names column(s) not in the data: {', '.join(unknown)}")
+    if label in excluded:
+        raise DataSourceError(f"data.exclude names the label {label!r}")
     named = set(cfg.numeric or []) | set(cfg.categorical or [])
     missing = sorted(named - set(columns))
     if missing:
         raise DataSourceError(f"feature columns not in the data: {', '.join(missing)}")
-
-    def is_numeric(dtype: str) -> bool:
-        return dtype.startswith(("int", "uint", "float", "double", "bool"))
-
-    rest = [c for c in columns if c != label and c not in named]
-    numeric = cfg.numeric if cfg.numeric is not None else [c for c in rest if is_numeric(columns[c])]
-    categorical = cfg.categorical if cfg.categorical is not None else [c for c in rest if not is_numeric(columns[c])]
+    rest = [c for c in columns if c != label and c not in named and c not in excluded]
+    dates = [c for c in [*rest, *named] if columns[c].lower().startswith(DATE_TYPES)]
+    if dates:
+        raise DataSourceError(f"column {dates[0]!r} is a date/time ({columns[dates[0]]}), which the model cannot "
+                              f"take as it is: add it to data.exclude, or derive numeric features from it (days "
+                              f"since an event, month, weekday) before ingest")
+    numeric = cfg.numeric if cfg.numeric is not None else [c for c in rest if is_numeric_type(columns[c])]
+    categorical = (cfg.categorical if cfg.categorical is not None
+                   else [c for c in rest if not is_numeric_type(columns[c]) and c not in numeric])
     if not numeric and not categorical:
-        raise DataSourceError("no feature columns left after removing the label")
-    task = cfg.task or ("regression" if cfg.source == "diabetes" or columns[label].startswith(("float", "double"))
-                        else "classification")
-    return FeatureSpec(label=label, numeric=list(numeric), categorical=list(categorical), task=task)
+        raise DataSourceError("no feature columns left after removing the label (and data.exclude)")
+    boolean = [c for c in numeric if columns[c].lower().startswith("bool")]
+    task = cfg.task or ("regression" if cfg.source == "diabetes"
+                        or columns[label].lower().startswith(("float", "double", "halffloat")) else "classification")
+    return FeatureSpec(label=label, numeric=list(numeric), categorical=list(categorical), task=task, boolean=boolean)

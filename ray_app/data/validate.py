@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from ray_app.config import DataGateConfig
@@ -66,10 +67,16 @@ def _schema_rules(frame: pd.DataFrame, spec: FeatureSpec, reference: Reference |
     out = [Violation(col, "missing column", "absent", "present") for col in [spec.label, *numeric, *categorical]
            if col not in frame]
     out += [Violation(col, "type", str(frame[col].dtype), "numeric") for col in numeric
-            if col in frame and not _is_numeric(frame[col]) and frame[col].notna().any()]
-    out += [Violation(col, "type", str(frame[col].dtype), "string category") for col in categorical
-            if col in frame and _is_numeric(frame[col])]
+            if col in frame and not (_is_numeric(frame[col]) or pd.api.types.is_bool_dtype(frame[col]))
+            and frame[col].notna().any()]
+    out += [Violation(col, "type", str(frame[col].dtype), "string or integer-coded category") for col in categorical
+            if col in frame and _is_numeric(frame[col]) and not _integer_valued(frame[col])]
     return out
+
+
+def _integer_valued(series: pd.Series) -> bool:
+    values = series.dropna().to_numpy(dtype=float)
+    return bool(np.all(np.mod(values, 1) == 0))
 
 
 def _range(column: str, gate: DataGateConfig, reference: Reference | None) -> tuple[float, float] | None:
@@ -100,7 +107,13 @@ def validate_frame(frame: pd.DataFrame, spec: FeatureSpec, gate: DataGateConfig,
         null_fraction = col["null"] / max(col["n"], 1)
         if null_fraction > gate.max_null_fraction:
             violations.append(Violation(column, "null fraction", f"{null_fraction:.3f} ({col['null']} rows)",
-                                        f"<= {gate.max_null_fraction:.3f}"))
+                                        f"<= {gate.max_null_fraction:.3f} (gate.data.max_null_fraction)"))
+        ref = reference.stats.get(column) if reference else None
+        if ref and ref.get("n") and null_fraction > ref["null"] / ref["n"] + gate.null_fraction_slack:
+            was = ref["null"] / ref["n"]
+            violations.append(Violation(column, "null jump", f"{null_fraction:.3f} ({col['null']} rows)",
+                                        f"<= {was + gate.null_fraction_slack:.3f} (champion's data {was:.3f} + "
+                                        f"{gate.null_fraction_slack:g})"))
         allowed = _range(column, gate, reference) if column != spec.label else None
         if allowed and "min" in col and (col["min"] < allowed[0] or col["max"] > allowed[1]):
             violations.append(Violation(column, "range", f"[{col['min']:.4g}, {col['max']:.4g}]",

@@ -2,7 +2,8 @@
 
 Numeric features: two-sample Kolmogorov-Smirnov on the CDFs of the two KLL sketches. Categorical features
 (and a classifier's predictions): chi-square goodness of fit of the window's counts to the reference shares.
-Both report PSI as the effect size. A feature drifts when its p-value is under alpha / (number of features
+A column's null share is compared too (two-proportion z-test), reported as `<column>__missing`.
+All report PSI as the effect size. A feature drifts when its p-value is under alpha / (number of features
 tested) (Bonferroni) and its PSI is at least `min_effect`; a window with fewer than `min_rows` rows is not judged.
 """
 
@@ -117,6 +118,20 @@ def categorical_drift(ref: ProfileReader, cur: ProfileReader, ref_col: str, cur_
                         int(observed.sum()))
 
 
+def null_drift(ref: ProfileReader, cur: ProfileReader, column: str) -> FeatureDrift | None:
+    """A shift of a column's null share: two-proportion z-test, PSI over (null, present). Reported as the
+    column's missing indicator, `<column>__missing`; None when neither side has a null."""
+    (n0, a0), (n1, a1) = ref.null_counts(column), cur.null_counts(column)
+    if not n0 or not n1 or not (a0 or a1):
+        return None
+    p0, p1, pooled = a0 / n0, a1 / n1, (a0 + a1) / (n0 + n1)
+    se = float(np.sqrt(pooled * (1 - pooled) * (1 / n0 + 1 / n1)))
+    z = (p1 - p0) / se if se > 0 else 0.0
+    p_value = float(2 * stats.norm.sf(abs(z)))
+    return FeatureDrift(f"{column}__missing", "nulls", "z", float(z), p_value,
+                        psi(np.array([p0, 1 - p0]), np.array([p1, 1 - p1])), n1)
+
+
 def compare_profiles(reference: bytes, current: bytes, numeric: list[str], categorical: list[str],
                      settings: MonitorConfig, label: str | None = None, regression: bool = False) -> DriftReport:
     """Every feature (and `prediction` against the reference's `label`, when both are there) of `current`
@@ -128,6 +143,8 @@ def compare_profiles(reference: bytes, current: bytes, numeric: list[str], categ
     rows = max((cur.rows(c) for _, c, _ in pairs if c in cur.columns), default=0)
     report = DriftReport(rows, settings.alpha, settings.min_effect, rows >= settings.min_rows)
     report.features = [d for r, c, test in pairs if c in cur.columns and (d := test(ref, cur, r, c)) is not None]
+    report.features += [d for c in [*numeric, *categorical] if c in cur.columns and c in ref.columns
+                        and (d := null_drift(ref, cur, c)) is not None]
     if report.judged:
         for f in report.features:
             f.drifted = f.p_value < report.threshold and f.effect_size >= settings.min_effect
@@ -139,9 +156,12 @@ def compare_frames(reference: pd.DataFrame, current: pd.DataFrame, settings: Mon
     columns = [c for c in reference.columns if c in current.columns]
     numeric = [c for c in columns if pd.api.types.is_numeric_dtype(reference[c])]
     categorical = [c for c in columns if c not in numeric]
-    as_text = {c: str for c in categorical}
-    return compare_profiles(profile_frame(reference[columns].astype(as_text)),
-                            profile_frame(current[columns].astype(as_text)), numeric, categorical, settings)
+
+    def as_text(frame: pd.DataFrame) -> pd.DataFrame:  # categories as text; a null stays null
+        return frame.assign(**{c: frame[c].map(lambda v: None if pd.isna(v) else str(v)) for c in categorical})
+
+    return compare_profiles(profile_frame(as_text(reference[columns])), profile_frame(as_text(current[columns])),
+                            numeric, categorical, settings)
 
 
 def write_report(report: DriftReport, reference: pd.DataFrame, current: pd.DataFrame, folder: Path) -> list[Path]:
@@ -159,7 +179,12 @@ def write_report(report: DriftReport, reference: pd.DataFrame, current: pd.DataF
         if not f.drifted:
             continue
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        if f.kind == "numeric":
+        if f.kind == "nulls":
+            column = f.feature.removesuffix("__missing")
+            shares = [frame[column].isna().mean() for frame in (reference, current)]
+            ax.bar(["reference", "current"], shares)
+            ax.set_ylabel(f"share of {column} missing")
+        elif f.kind == "numeric":
             bins = np.histogram_bin_edges(pd.concat([reference[f.feature], current[f.feature]]).dropna(), 30)
             ax.hist(reference[f.feature].dropna(), bins, alpha=0.5, density=True, label="reference")
             ax.hist(current[f.feature].dropna(), bins, alpha=0.5, density=True, label="current")
@@ -168,7 +193,8 @@ def write_report(report: DriftReport, reference: pd.DataFrame, current: pd.DataF
                                    "current": current[f.feature].astype(str).value_counts(normalize=True)})
             shares.fillna(0).plot.bar(ax=ax)
         ax.set_title(f"{f.feature}: {f.test} p={f.p_value:.2g}, PSI={f.effect_size:.3f}")
-        ax.legend()
+        if f.kind != "nulls":
+            ax.legend()
         fig.tight_layout()
         fig.savefig(folder / f"drift_{f.feature}.png", dpi=80)
         plt.close(fig)

@@ -4,8 +4,8 @@ What the routes refuse, and how (the README's serving section lists the same):
 - 400: an empty body, a body that is not UTF-8 JSON, or JSON nested deeper than 1,024 levels;
 - 413: a body over 8 MiB, or more rows than the variant's `max_rows`;
 - 422: a JSON value the model cannot take: NaN, Infinity, a number outside float32's range, a missing, unknown or
-  mistyped feature, a `user_id`/`request_id` that is not a short string or an integer, and rows whose model output
-  is not finite (`inputs out of range`).
+  mistyped feature, null for a feature that had no nulls in training, a `user_id`/`request_id` that is not a
+  short string or an integer, and rows whose model output is not finite (`inputs out of range`).
 """
 
 from __future__ import annotations
@@ -92,11 +92,16 @@ def check_ids(payload: dict) -> None:
 
 
 def _check_value(schema: FeatureSchema, name: str, value: object) -> str | None:
-    if name in schema.categorical:
-        if not isinstance(value, str):
-            return f"field {name!r}: expected a string category, got {type(value).__name__} {describe(value)}"
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if value is None:
+        return None if name in schema.nullable else (f"field {name!r}: null is not allowed: the model saw no "
+                                                      f"missing {name} in training")
+    if name in schema.categorical:  # text; integer-coded (and boolean) categories are taken as their text
+        if isinstance(value, str | int) or (isinstance(value, float) and math.isfinite(value)):
+            return None
+        return f"field {name!r}: expected a string category, got {type(value).__name__} {describe(value)}"
+    if isinstance(value, bool):
+        return None if name in schema.boolean else f"field {name!r}: expected a number, got bool {value!r}"
+    if not isinstance(value, int | float):
         return f"field {name!r}: expected a number, got {type(value).__name__} {describe(value)}"
     try:
         number = float(value)
@@ -107,6 +112,14 @@ def _check_value(schema: FeatureSchema, name: str, value: object) -> str | None:
     if abs(number) > FLOAT32_MAX:
         return f"field {name!r}: {value!r} is outside the range of a 32-bit float (±{FLOAT32_MAX:.1e})"
     return None
+
+
+def _category(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def _names(names: list[str]) -> str:
@@ -170,8 +183,8 @@ def validate_instances(payload: object, schema: FeatureSchema, max_rows: int) ->
     if problems:
         raise RequestError(422, "; ".join(problems[:MAX_PROBLEMS_LISTED]))
     numeric = np.array([[row[name] for name in schema.numeric] for row in rows], dtype=np.float64)
-    return ValidRows(rows, numeric.reshape(len(rows), len(schema.numeric)),
-                     [[row[name] for row in rows] for name in schema.categorical])
+    return ValidRows(rows, numeric.reshape(len(rows), len(schema.numeric)),  # null: NaN
+                     [[_category(row[name]) for row in rows] for name in schema.categorical])
 
 
 def check_outputs(outputs: np.ndarray) -> None:

@@ -36,12 +36,31 @@ def test_each_problem_is_named(reference):
     frame.loc[3, "x2"] = 55.0  # far out of range
     frame.loc[7, "segment"] = "zz"  # a category the champion never saw
     report = validate_frame(frame, SPEC, GATE, reference, source="bad.parquet")
-    assert rules(report) == {("x5", "missing column"), ("x1", "null fraction"), ("x2", "range"),
-                             ("segment", "unseen category")}
+    assert rules(report) == {("x5", "missing column"), ("x1", "null fraction"), ("x1", "null jump"),
+                             ("x2", "range"), ("segment", "unseen category")}
     text = report.render()
     assert "FAILED" in text and "bad.parquet" in text and "zz" in text and "0.125 (100 rows)" in text
     x2 = next(v for v in report.violations if v.column == "x2")
     assert "55" in x2.observed and x2.expected.startswith("within [")
+
+
+def test_a_jump_in_a_null_fraction_against_the_champion_is_named():
+    train = synthetic_frame(3000, seed=0)
+    train.loc[train.index % 20 == 0, "x1"] = np.nan  # the champion saw 5% nulls in x1
+    train.loc[train.index % 20 == 0, "segment"] = None
+    reference = Reference.from_profile(SPEC.numeric, {"segment": ["a", "b", "c", "d"], "channel": ["app", "store",
+                                                                                                  "web"]},
+                                       profile_frame(train[SPEC.features]))
+    tolerant = DataGateConfig(min_rows=50, max_null_fraction=0.5)
+    similar = synthetic_frame(800, seed=5)
+    similar.loc[similar.index % 12 == 0, ["x1", "segment"]] = None  # 8%: within 5% + 0.05
+    assert validate_frame(similar, SPEC, tolerant, reference).passed
+    jumped = synthetic_frame(800, seed=5)
+    jumped.loc[:239, "x1"] = np.nan  # 30%
+    report = validate_frame(jumped, SPEC, tolerant, reference)
+    assert rules(report) == {("x1", "null jump")}
+    violation = report.violations[0]
+    assert violation.observed.startswith("0.300") and "champion's data 0.050" in violation.expected
 
 
 def test_row_count_label_balance_and_types(reference):

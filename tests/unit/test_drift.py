@@ -38,6 +38,29 @@ def test_a_category_mix_change_is_found(reference):
     assert next(f for f in report.features if f.feature == "channel").test == "chi2"
 
 
+def test_a_jump_of_one_columns_null_share_is_drift_of_that_feature(tmp_path):
+    rng = np.random.default_rng(4)
+    base = frame(rng, 20_000)
+    base.loc[base.index % 20 == 0, "x1"] = np.nan  # 5% missing in the reference
+    base.loc[base.index % 25 == 0, "channel"] = None
+    ref = profile_frame(base)
+    same = frame(rng, 1000)
+    same.loc[same.index % 20 == 0, "x1"] = np.nan
+    same.loc[same.index % 25 == 0, "channel"] = None
+    assert window(ref, same).drifted == []
+    jumped = same.copy()
+    jumped.loc[:299, "x1"] = np.nan  # 30%
+    report = window(ref, jumped)
+    assert report.drifted == ["x1__missing"]
+    nulls = next(f for f in report.features if f.feature == "x1__missing")
+    assert nulls.kind == "nulls" and nulls.statistic > 10 and nulls.effect_size > 0.1
+    offline = compare_frames(base, jumped.assign(channel=jumped["channel"].where(jumped.index % 2 == 0)),
+                             SETTINGS)
+    assert {"x1__missing", "channel__missing"} <= set(offline.drifted)
+    written = write_report(offline, base, jumped, tmp_path)
+    assert tmp_path / "drift_x1__missing.png" in written
+
+
 def test_stationary_windows_stay_quiet(reference):
     rng = np.random.default_rng(3)
     flagged = sum(bool(window(reference, frame(rng, 500)).drifted) for _ in range(200))

@@ -34,8 +34,10 @@ MALFORMED = [
     (json.dumps({"instances": [{**GOOD, "x9": 1}]}).encode(), 422, "unknown field(s): x9"),
     (json.dumps({"instances": [{**GOOD, "x0": "1.5"}]}).encode(), 422, "'x0': expected a number, got str"),
     (json.dumps({"instances": [{**GOOD, "x0": True}]}).encode(), 422, "'x0': expected a number, got bool"),
-    (json.dumps({"instances": [{**GOOD, "x1": None}]}).encode(), 422, "'x1': expected a number, got NoneType"),
-    (json.dumps({"instances": [{**GOOD, "segment": 3}]}).encode(), 422, "'segment': expected a string category"),
+    (json.dumps({"instances": [{**GOOD, "x1": None}]}).encode(), 422, "'x1': null is not allowed"),
+    (json.dumps({"instances": [{**GOOD, "segment": None}]}).encode(), 422, "'segment': null is not allowed"),
+    (json.dumps({"instances": [{**GOOD, "segment": [3]}]}).encode(), 422, "'segment': expected a string category"),
+    (json.dumps({"instances": [{**GOOD, "segment": {"a": 1}}]}).encode(), 422, "'segment': expected a string cat"),
     (b'{"instances": [{"x0": -Infinity, "x1": 1, "segment": "a"}]}', 422, "-Infinity is not allowed"),
     (b'{"instances": [{"x0": 1e999, "x1": 1, "segment": "a"}]}', 422, "too large"),
     (json.dumps({"instances": [{**GOOD, "x0": 10**400}]}).encode(), 422, "too large"),
@@ -78,6 +80,15 @@ def test_valid_request_gives_arrays_in_schema_order():
                               SCHEMA, max_rows=10)
     assert rows.numeric.dtype == np.float64 and rows.numeric.tolist() == [[1.5, 2.0], [-3.0, float(2**70)]]
     assert rows.categorical == [["b", "z"]] and len(rows) == 2
+
+
+def test_nullable_features_take_null_and_categories_take_their_codes():
+    schema = SCHEMA.model_copy(update={"nullable": ["x1", "segment"], "boolean": ["x0"]})
+    rows = validate_instances({"instances": [{"x0": True, "x1": None, "segment": None},
+                                             {"x0": False, "x1": 2, "segment": 7},
+                                             {"x0": 1, "x1": 2.5, "segment": 7.0}]}, schema, max_rows=10)
+    assert rows.numeric[0, 0] == 1.0 and np.isnan(rows.numeric[0, 1]) and rows.numeric[1, 0] == 0.0
+    assert rows.categorical == [[None, "7", "7"]]
 
 
 def test_rows_of_several_requests_concatenate_in_order():
