@@ -1,15 +1,17 @@
 """Serving against a hand-written FastAPI app: req/s and p50/p99 at 1, 16 and 64 clients, one row per request.
 
 One run, one machine, one bundle. Each server runs in its own process (and its own Ray), the load generator
-(bench/loadgen.py, aiohttp) in another. The cells:
-  fastapi     a bare FastAPI + uvicorn app doing the same work by hand: parse, validate, the bundle's compiled
-              encoder and ONNX network, answer (the baseline of every ratio)
-  serve       `ray-app serve` as shipped: Serve's default proxy, batching and monitoring on
-  haproxy     the same behind Ray's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1 in the cluster)
-  haproxy-nomon  the same without monitoring (the "monitoring on / off" ratio)
-  router      the A/B router (one variant at weight 1) in front of `haproxy`
-  serve-slow  `serve` with the fast path off (transform_batch + torch, as before the fast path)
-  serve-5ms   `serve` with batch_wait_timeout_s 0.005 (the old default) instead of 0
+(bench/loadgen.py, aiohttp) in another. The cells (CELLS below):
+  fastapi        a bare FastAPI + uvicorn app doing the same work by hand: parse, validate, the bundle's compiled
+                 encoder and ONNX network, answer (the baseline of every ratio)
+  serve          `ray-app serve` as shipped: Serve's default proxy, batching and monitoring on
+  serve-slow     `serve` with the fast path off (transform_batch + torch: the serving path before it)
+  serve-5ms      `serve` with batch_wait_timeout_s 0.005 (the old default) instead of 0
+  haproxy        `serve` behind Ray's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1 for the controller)
+  haproxy-opt    the same plus RAY_SERVE_THROUGHPUT_OPTIMIZED=1
+  haproxy-unbatched, haproxy-nomon   `haproxy` without @serve.batch / without monitoring
+  router         the A/B router (one variant at weight 1) in front of `haproxy`
+  serve-before   `serve` from another checkout (`--before PATH`, e.g. a worktree of the commit before a change)
 
     python bench/serve_vs_fastapi.py [--cells fastapi,serve,haproxy,...] [--clients 1,16,64] [--duration 10]
 """
@@ -32,7 +34,19 @@ from fastapi import Request, Response  # module level: FastAPI resolves the hand
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-CELLS = ["fastapi", "serve", "haproxy", "haproxy-nomon", "router", "serve-slow", "serve-5ms"]
+HAPROXY = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+CELLS: dict[str, dict] = {
+    "fastapi": {},
+    "serve": {},
+    "serve-slow": {"fast_path": False},
+    "serve-5ms": {"wait": 0.005},
+    "haproxy": {"env": HAPROXY},
+    "haproxy-opt": {"env": {**HAPROXY, "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}},
+    "haproxy-unbatched": {"env": HAPROXY, "batching": False},
+    "haproxy-nomon": {"env": HAPROXY, "monitor": False},
+    "router": {"env": HAPROXY, "router": True},
+    "serve-before": {},
+}
 PORT = 8013
 
 
@@ -63,8 +77,8 @@ def fastapi_app(folder: str):
 
 def serve_cell(cell: str, folder: str, port: int) -> None:
     """Run one Serve cell in this process until SIGTERM."""
-    if cell.startswith("haproxy") or cell == "router":
-        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"  # read at import by the controller, which inherits it
+    spec = CELLS[cell]
+    os.environ.update(spec.get("env", {}))  # read at import by the Serve controller, which inherits it
     import ray
     from ray import serve
 
@@ -75,12 +89,14 @@ def serve_cell(cell: str, folder: str, port: int) -> None:
 
     ray.init(address="local", num_cpus=6, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    settings = ServeSettings(fast_path=cell != "serve-slow", batch_wait_timeout_s=0.005 if cell == "serve-5ms" else 0)
-    monitor = None if cell == "haproxy-nomon" else monitor_app(MonitorConfig(), tempfile.mkdtemp())
-    variant = variant_app(VariantArgs(model_uri=folder, variant="bench", serve=settings), loader=BundleDirLoader(),
-                          monitor=monitor)
+    tuned = {"fast_path": spec["fast_path"]} if "fast_path" in spec else {}
+    tuned.update({"batch_wait_timeout_s": spec["wait"]} if "wait" in spec else {})
+    settings = ServeSettings(**tuned)  # only what the cell changes: an older checkout may lack the field
+    monitor = monitor_app(MonitorConfig(), tempfile.mkdtemp()) if spec.get("monitor", True) else None
+    variant = variant_app(VariantArgs(model_uri=folder, variant="bench", serve=settings,
+                                      batching=spec.get("batching", True)), loader=BundleDirLoader(), monitor=monitor)
     app = (ABRouter.options(user_config={"experiment": "bench", "weights": {"bench": 1}}).bind({"bench": variant})
-           if cell == "router" else variant)
+           if spec.get("router") else variant)
     serve.run(app, name="bench", route_prefix="/")
     signal.signal(signal.SIGTERM, lambda *_: (serve.shutdown(), ray.shutdown(), sys.exit(0)))
     print("READY", flush=True)
@@ -88,14 +104,15 @@ def serve_cell(cell: str, folder: str, port: int) -> None:
         time.sleep(3600)
 
 
-def start_server(cell: str, folder: str, port: int, log: Path) -> subprocess.Popen:
+def start_server(cell: str, folder: str, port: int, log: Path, before: Path | None = None) -> subprocess.Popen:
     if cell == "fastapi":
         code = (f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import uvicorn, serve_vs_fastapi as b; "
                 f"uvicorn.run(b.fastapi_app({folder!r}), host='127.0.0.1', port={port}, log_level='warning')")
         cmd = [sys.executable, "-c", code]
     else:
         cmd = [sys.executable, __file__, "--serve", cell, "--bundle", folder, "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    env = {**os.environ, **({"PYTHONPATH": str(before)} if cell == "serve-before" else {})}
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         try:
@@ -126,11 +143,12 @@ def load(url: str, body_file: Path, clients: int, duration: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cells", default=",".join(CELLS))
+    parser.add_argument("--cells", default=",".join(c for c in CELLS if c != "serve-before"))
     parser.add_argument("--clients", default="1,16,64")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     parser.add_argument("--reuse", action="store_true", help="reuse bench/out/bundle if it is there")
+    parser.add_argument("--before", type=Path, help="a checkout whose `ray-app serve` is measured as serve-before")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--bundle", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=PORT, help=argparse.SUPPRESS)
@@ -151,7 +169,7 @@ def main() -> None:
     clients = [int(c) for c in args.clients.split(",")]
     results: dict[tuple[str, int], dict] = {}
     for cell in args.cells.split(","):
-        proc = start_server(cell, str(folder), args.port, args.out / f"server-{cell}.log")
+        proc = start_server(cell, str(folder), args.port, args.out / f"server-{cell}.log", args.before)
         try:
             for n in clients:
                 results[(cell, n)] = load(f"http://127.0.0.1:{args.port}/predict", body_file, n, args.duration)
@@ -168,7 +186,9 @@ def main() -> None:
         base = results.get(("fastapi", n))
         ratio = (f"{r['rps'] / base['rps']:.3f} | {r['p50'] / base['p50']:.2f}" if base else "- | -")
         print(f"| {cell} | {n} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['errors']} | {ratio} |")
-    pairs = [("router", "haproxy", "p50"), ("haproxy-nomon", "haproxy", "rps"), ("serve-5ms", "serve", "rps")]
+    pairs = [("serve", "serve-before", "rps"), ("serve", "serve-before", "p50"), ("router", "haproxy", "p50"),
+             ("haproxy", "haproxy-nomon", "rps"), ("serve-5ms", "serve", "rps"), ("serve-5ms", "serve", "p50"),
+             ("serve", "serve-slow", "rps"), ("haproxy-opt", "haproxy", "rps"), ("haproxy-unbatched", "haproxy", "rps")]
     for a, b, key in pairs:
         if all((c, n) in results for c in (a, b) for n in clients):
             print(f"{a} / {b} {key}: " + ", ".join(f"{n} clients {results[(a, n)][key] / results[(b, n)][key]:.2f}"

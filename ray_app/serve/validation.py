@@ -79,12 +79,14 @@ def parse_body(body: bytes) -> object:
 
 
 def check_ids(payload: dict) -> None:
-    """`user_id` and `request_id`, where given, are a string of at most MAX_ID_CHARS or an integer of as many
-    digits: they become routing keys and log entries, not whatever object a client sends."""
+    """`user_id` and `request_id`, where given, are a string of at most MAX_ID_CHARS or a 64-bit integer: they
+    become routing keys and log entries, not whatever object a client sends."""
     for name in ID_FIELDS:
         value = payload.get(name)
         if value is None:
             continue
+        if isinstance(value, float) and value.is_integer():  # JSON parsing makes an integer beyond 64 bits a float
+            raise RequestError(422, f"{name}: integer ids must fit in 64 bits; send longer ones as strings")
         if isinstance(value, bool) or not isinstance(value, str | int):
             raise RequestError(422, f"{name} must be a string or an integer, got {describe(value)}")
         if len(str(value)) > MAX_ID_CHARS:

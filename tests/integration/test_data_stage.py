@@ -30,7 +30,10 @@ def test_preprocessor_is_fitted_on_train_only(paths, tmp_path):
     splits = assign_splits(frame, 0, 0.15, 0.15)
     counts = {name: ds.count() for name, ds in data.raw.items()}
     assert counts == {name: int((splits == name).sum()) for name in ("train", "val", "holdout")}
-    scaler, encoder = data.preprocessor.preprocessors[0], data.preprocessor.preprocessors[1]
+    from ray.data.preprocessors import OneHotEncoder, StandardScaler
+
+    scaler = next(step for step in data.preprocessor.preprocessors if isinstance(step, StandardScaler))
+    encoder = next(step for step in data.preprocessor.preprocessors if isinstance(step, OneHotEncoder))
     train_mean = frame.loc[splits == "train", "x0"].mean()
     assert scaler.stats_["mean(x0)"] == pytest.approx(train_mean, abs=1e-9)
     assert abs(scaler.stats_["mean(x0)"] - frame["x0"].mean()) > 1e-6

@@ -67,7 +67,7 @@ def test_malformed_requests_get_4xx_and_the_replica_keeps_serving(served, sample
         {"json": {"instances": [{k: v for k, v in good.items() if k != "x0"}]}},
         {"json": {"instances": [{**good, "surprise": 1}]}},
         {"json": {"instances": [{**good, "x1": "high"}]}},
-        {"json": {"instances": [{**good, "segment": 7}]}},
+        {"json": {"instances": [{**good, "segment": [7]}]}},  # an integer code is a category; a list is not
         {"json": {"instances": [{**good, "x2": None}]}},
         {"json": {"instances": [good] * 101}},
     ]

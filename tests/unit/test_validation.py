@@ -52,6 +52,7 @@ MALFORMED = [
     (json.dumps({"instances": [GOOD], "user_id": True}).encode(), 422, "user_id must be a string or an integer"),
     (json.dumps({"instances": [GOOD], "request_id": 1.5}).encode(), 422, "request_id must be a string or an int"),
     (json.dumps({"instances": [GOOD], "request_id": "r" * 257}).encode(), 422, "request_id is over 256 characters"),
+    (json.dumps({"instances": [GOOD], "user_id": 2**64}).encode(), 422, "integer ids must fit in 64 bits"),
     (json.dumps({"instances": [{**GOOD, "segment": [[[["deep"]]]]}]}).encode(), 422, "got list a list of 1"),
     (json.dumps({"instances": [GOOD] * 11}).encode(), 413, "over the limit of 10"),
     (json.dumps({"instances": [GOOD], "extra": 1}).encode(), 422, "unknown top-level field(s): extra"),
@@ -100,7 +101,7 @@ def test_rows_of_several_requests_concatenate_in_order():
 
 
 def test_ids_within_bounds_are_accepted():
-    for user_id in ("u" * 256, 12345, -(10**200)):
+    for user_id in ("u" * 256, 12345, -(2**63), 2**64 - 1):
         frame = validate_instances({"instances": [GOOD], "user_id": user_id, "request_id": "r1"}, SCHEMA, 10)
         assert len(frame) == 1
 
