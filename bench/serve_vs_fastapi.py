@@ -111,8 +111,10 @@ def start_server(cell: str, folder: str, port: int, log: Path, before: Path | No
         cmd = [sys.executable, "-c", code]
     else:
         cmd = [sys.executable, __file__, "--serve", cell, "--bundle", folder, "--port", str(port)]
-    env = {**os.environ, **({"PYTHONPATH": str(before)} if cell == "serve-before" else {})}
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    other = cell == "serve-before"  # its own tree first on the path, and as the working directory Ray ships
+    env = {**os.environ, **({"PYTHONPATH": str(before)} if other else {})}
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                            cwd=before if other else None)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         try:
@@ -127,12 +129,15 @@ def start_server(cell: str, folder: str, port: int, log: Path, before: Path | No
     raise RuntimeError(f"{cell} did not start: see {log}")
 
 
-def stop_server(proc: subprocess.Popen) -> None:
+def stop_server(proc: subprocess.Popen, started: float) -> None:
+    from ray_app.serve.app import stop_haproxy_started_since
+
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+    stop_haproxy_started_since(started)  # Ray leaves it bound to the port the next cell needs
 
 
 def load(url: str, body_file: Path, clients: int, duration: float) -> dict:
@@ -169,13 +174,14 @@ def main() -> None:
     clients = [int(c) for c in args.clients.split(",")]
     results: dict[tuple[str, int], dict] = {}
     for cell in args.cells.split(","):
+        started = time.time()
         proc = start_server(cell, str(folder), args.port, args.out / f"server-{cell}.log", args.before)
         try:
             for n in clients:
                 results[(cell, n)] = load(f"http://127.0.0.1:{args.port}/predict", body_file, n, args.duration)
                 print(cell, n, results[(cell, n)], flush=True)
         finally:
-            stop_server(proc)
+            stop_server(proc, started)
 
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"ray {ray.__version__}; {args.duration:.0f} s per cell, 1 row per request, load generator in its own "

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
@@ -211,7 +212,12 @@ def cmd_export(s: Stage) -> int:
 
 
 def cmd_serve(s: Stage) -> int:
-    from ray_app.serve.app import HAPROXY_INGRESS_ENV, start_serving, wait_for_interrupt
+    from ray_app.serve.app import (
+        HAPROXY_INGRESS_ENV,
+        start_serving,
+        stop_haproxy_started_since,
+        wait_for_interrupt,
+    )
 
     s.registry.resolve(s.args.model_uri)  # a wrong URI is one error line here, not a replica that never starts
     if s.args.ingress == "haproxy":
@@ -220,10 +226,16 @@ def cmd_serve(s: Stage) -> int:
     if s.args.ingress == "haproxy" and "private local Ray" not in where:
         print("[serve] --ingress haproxy applies to a Ray started here; this cluster keeps the ingress it was "
               "started with (INGRESS=haproxy make cluster-up)", file=sys.stderr)
+    started = time.time()
     url = start_serving(s.args.model_uri, s.cfg, s.paths, s.args.port, batching=not s.args.no_batching)
     print(f"serving {s.args.model_uri} at {url} (GET {url.rsplit('/', 1)[0]}/schema); Ctrl-C stops")
     if not s.args.detach:
         wait_for_interrupt()
+        if s.args.ingress == "haproxy":  # the Ray started here stops first: then nothing restarts its HAProxy
+            import ray
+
+            ray.shutdown()
+            stop_haproxy_started_since(started)
     return ExitCode.OK
 
 

@@ -78,6 +78,21 @@ def wait_for_interrupt() -> None:
         pass
 
 
+def stop_haproxy_started_since(started: float) -> int:
+    """End the HAProxy processes that Serve started since `started` (a time.time()). Ray 2.60 leaves them running
+    when its Serve stops, orphaned and still bound to the HTTP port, 8404 and 9101, so the next HAProxy ingress
+    on this machine cannot start. Returns how many were ended."""
+    import psutil
+
+    ended = 0
+    for proc in psutil.process_iter(["name", "cmdline", "create_time"]):
+        command = " ".join(proc.info["cmdline"] or [])
+        if proc.info["name"] == "haproxy" and "haproxy-serve" in command and proc.info["create_time"] >= started - 1:
+            proc.terminate()
+            ended += 1
+    return ended
+
+
 def build_single(args: dict) -> Application:
     """`import_path: ray_app.serve.app:build_single`: one model behind one route, monitored unless
     `monitor: {enabled: false}`."""

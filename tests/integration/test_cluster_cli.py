@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 
 import httpx
 import pytest
@@ -89,8 +90,10 @@ def test_a_stage_with_local_runs_on_a_private_ray_next_to_the_cluster(ray_cluste
 def test_ray_app_serve_behind_the_haproxy_ingress(champion, ray_cluster, tmp_path):
     """README, "Serving": `ray-app serve --ingress haproxy` on a private Ray answers through Ray's HAProxy
     ingress (its stats page on 8404 is up), and Ctrl-C takes it all down."""
+    import psutil
+
     env = {k: v for k, v in ray_cluster["env"].items() if k != "RAY_ADDRESS"}
-    port, log = free_port(), tmp_path / "serve.log"
+    port, log, started = free_port(), tmp_path / "serve.log", time.time()
     proc = subprocess.Popen([str(BIN / "ray-app"), "serve", "--local", "--ingress", "haproxy", "--port", str(port),
                              "--model-uri", f"models:/{champion.model.name}@champion"], env=env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -109,6 +112,11 @@ def test_ray_app_serve_behind_the_haproxy_ingress(champion, ray_cluster, tmp_pat
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             raise
+    def haproxy_left() -> list[int]:
+        return [p.pid for p in psutil.process_iter(["name", "create_time"])
+                if p.info["name"] == "haproxy" and p.info["create_time"] >= started]
+
+    wait_until(lambda: not haproxy_left(), timeout=20, what="no HAProxy left running after Ctrl-C")
 
 
 def _get_json(url: str):
