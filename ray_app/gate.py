@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ray_app.config import GateConfig
-from ray_app.metrics import HIGHER_IS_BETTER, PRIMARY_METRIC, metric_value
+from ray_app.metrics import HIGHER_IS_BETTER, PRIMARY_METRIC, metric_label, metric_value
 from ray_app.package import EXPORT_FILES, ModelBundle, export_model, parity_error
 from ray_app.registry import ModelRegistry
 
@@ -168,10 +168,11 @@ def evaluate_gate(challenger: ModelBundle, champion: ModelBundle | None, holdout
     value = metric_value(metric, scored.y, scored.output)
     report.figures[f"challenger_{metric}"] = value
 
+    classes = challenger.target.num_outputs if challenger.target.classes is not None else 0
     for name, floor in cfg.floors.items():
         got = metric_value(name, scored.y, scored.output)
         report.figures[f"challenger_{name}"] = got
-        report.checks.append(_bound_check(f"floor {name}", name, got, floor, f"{got:.4f}"))
+        report.checks.append(_bound_check(f"floor {metric_label(name, classes)}", name, got, floor, f"{got:.4f}"))
     if champion is not None:
         base = score(champion, holdout)
         report.figures[f"champion_{metric}"] = metric_value(metric, base.y, base.output)
@@ -180,7 +181,7 @@ def evaluate_gate(challenger: ModelBundle, champion: ModelBundle | None, holdout
         low, high = np.quantile(gains, [cfg.alpha / 2, 1 - cfg.alpha / 2])
         report.figures.update(gain_mean=float(gains.mean()), gain_ci_low=float(low), gain_ci_high=float(high))
         report.checks.append(Check(
-            f"better than champion ({metric})", bool(low > cfg.min_improvement),
+            f"better than champion ({metric_label(metric, classes)})", bool(low > cfg.min_improvement),
             f"gain {gains.mean():+.4f}, {100 * (1 - cfg.alpha):.0f}% CI [{low:+.4f}, {high:+.4f}]",
             f"CI above {cfg.min_improvement:+.4f}"))
 

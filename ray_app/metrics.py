@@ -13,6 +13,12 @@ PRIMARY_METRIC = {"classification": "roc_auc", "regression": "rmse"}
 HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "roc_auc": True, "rmse": False, "mae": False, "loss": False}
 
 
+def metric_label(name: str, num_classes: int = 2) -> str:
+    """A metric's name with the averaging it uses when there are more than two classes."""
+    averaging = {"f1": "macro", "roc_auc": "one-vs-rest, macro"}.get(name) if num_classes > 2 else None
+    return f"{name} ({averaging})" if averaging else name
+
+
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     """Accuracy, macro F1 and ROC-AUC (one-vs-rest when there are more than two classes)."""
     y_pred = proba.argmax(axis=1)

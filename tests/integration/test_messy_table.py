@@ -53,6 +53,7 @@ def test_the_model_knows_its_nullable_boolean_and_coded_features(promoted):
     assert schema.categorical == {"region": ["east", "north", "south", "west"], "tier_code": ["1", "2", "3"]}
     assert promoted["bundle"].target.classes == ["basic", "premium", "standard"]
     assert "holdout {'accuracy'" in promoted["stdout"]
+    assert "floor roc_auc (one-vs-rest, macro)" in promoted["stdout"]  # three classes: the gate says how it averages
 
 
 def test_served_rows_with_nulls_where_training_had_them(promoted, paths):

@@ -49,6 +49,13 @@ def test_bound_checks_follow_the_metric_direction():
     assert not check.passed and check.threshold == "<= 0.7"
 
 
+def test_multiclass_metrics_say_how_they_average():
+    from ray_app.metrics import metric_label
+
+    assert metric_label("roc_auc", 3) == "roc_auc (one-vs-rest, macro)" and metric_label("f1", 5) == "f1 (macro)"
+    assert metric_label("roc_auc", 2) == "roc_auc" and metric_label("accuracy", 3) == "accuracy"
+
+
 def test_metric_definitions():
     y = np.array([0, 1, 1, 0])
     perfect = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.7, 0.3]])
