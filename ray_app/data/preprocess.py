@@ -58,15 +58,20 @@ def category_text(value: object) -> str:
     return str(value)
 
 
+def as_numbers(values: pd.Series) -> pd.Series:
+    """A numeric feature as float64 (booleans as 0/1, anything missing as NaN), index from 0."""
+    values = values.reset_index(drop=True)
+    return pd.to_numeric(values.astype("object") if values.dtype == "boolean" else values,
+                         errors="coerce").astype(np.float64)
+
+
 def normalize_rows(batch: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     """Raw rows as the fitted preprocessor reads them, in training and serving alike: numbers (booleans as 0/1)
     as float64 with NaN for missing, categories as text (missing: `__missing__`), and a 0/1 missing indicator
     beside every numeric feature that had nulls in training."""
     out = pd.DataFrame(index=range(len(batch)))
     for column in spec.numeric:
-        values = batch[column].reset_index(drop=True)
-        out[column] = pd.to_numeric(values.astype("object") if values.dtype == "boolean" else values,
-                                    errors="coerce").astype(np.float64)
+        out[column] = as_numbers(batch[column])
     for column in spec.nullable:
         if column in spec.numeric:
             out[indicator(column)] = out[column].isna().astype(np.float64)
@@ -168,9 +173,7 @@ def to_model_inputs(batch: pd.DataFrame, preprocessor, spec: FeatureSpec, target
 def _numbers_only(batch: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     out = batch[spec.categorical].reset_index(drop=True)
     for column in spec.numeric:
-        values = batch[column].reset_index(drop=True)
-        out[column] = pd.to_numeric(values.astype("object") if values.dtype == "boolean" else values,
-                                    errors="coerce").astype(np.float64)
+        out[column] = as_numbers(batch[column])
     return out
 
 

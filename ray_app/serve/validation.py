@@ -19,6 +19,8 @@ import numpy as np
 import orjson
 from starlette.responses import Response
 
+from ray_app.data.preprocess import category_text
+
 if TYPE_CHECKING:
     from ray_app.package import FeatureSchema
 
@@ -117,11 +119,8 @@ def _check_value(schema: FeatureSchema, name: str, value: object) -> str | None:
 
 
 def _category(value: object) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+    """A category as sent, as training saw its kind: text as is, a code (7, 7.0, true) as its text, null kept."""
+    return value if value is None or isinstance(value, str) else category_text(value)
 
 
 def _names(names: list[str]) -> str:
