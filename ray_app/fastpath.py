@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ray_app.data.preprocess import category_text, indicator
+
 UNSEEN = "__unseen_category__"
 
 
@@ -47,8 +49,6 @@ class CompiledEncoder:
         StandardScaler, OneHotEncoder, Concatenator. Any other step: NotCompilable."""
         from ray.data.preprocessors import Concatenator, OneHotEncoder, SimpleImputer, StandardScaler
 
-        from ray_app.data.preprocess import indicator
-
         flagged = tuple(j for j, name in enumerate(numeric) if name in nullable)
         scaled_columns = [*numeric, *(indicator(numeric[j]) for j in flagged)]
         stats: dict = {}
@@ -79,8 +79,6 @@ class CompiledEncoder:
     def encode(self, numeric: np.ndarray, categorical: list[list]) -> np.ndarray:
         """`numeric`: (rows, numeric features) float64, NaN where missing; `categorical`: one list of values per
         categorical feature (None where missing)."""
-        from ray_app.data.preprocess import category_text
-
         rows = len(numeric) if len(self.numeric) else len(categorical[0])
         out = np.zeros((rows, self.width), dtype=np.float32)
         if self.numeric:
@@ -119,17 +117,23 @@ class CompiledEncoder:
         return pd.DataFrame(data, columns=[*self.numeric, *self.categorical])
 
 
+def export_onnx(model, in_features: int, target) -> None:
+    """The network as ONNX (input `features`, output `output`, any batch size) into a path or a binary buffer."""
+    import torch
+
+    torch.onnx.export(model, (torch.zeros(2, in_features),), target, input_names=["features"],
+                      output_names=["output"], dynamic_axes={"features": {0: "batch"}, "output": {0: "batch"}},
+                      dynamo=False)
+
+
 class OnnxNetwork:
     """The torch network exported to ONNX in memory and run by one single-threaded ONNX Runtime session."""
 
     def __init__(self, model, in_features: int):
         import onnxruntime
-        import torch
 
         buffer = io.BytesIO()
-        torch.onnx.export(model, (torch.zeros(2, in_features),), buffer, input_names=["features"],
-                          output_names=["output"], dynamic_axes={"features": {0: "batch"}, "output": {0: "batch"}},
-                          dynamo=False)
+        export_onnx(model, in_features, buffer)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = 1
         self.session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])

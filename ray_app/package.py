@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ray_app.config import UserError
 from ray_app.data.preprocess import TargetEncoding, encode_rows, load_preprocessor
-from ray_app.fastpath import FastPath, NotCompilable
+from ray_app.fastpath import FastPath, NotCompilable, export_onnx
 from ray_app.train.model import MLPSpec, TabularMLP
 
 BUNDLE_FORMAT = 1
@@ -100,6 +100,11 @@ class ModelBundle:
             return f"slow path (transform_batch + torch): {exc}"
         return "fast path (compiled encoder + ONNX Runtime), checked against transform_batch + torch"
 
+    @property
+    def compiled(self) -> bool:
+        """Whether `score` runs the fast path (`compile` accepted it)."""
+        return self._fast is not None
+
     def frame(self, numeric: np.ndarray, categorical: list[list[str]]) -> pd.DataFrame:
         """Validated feature arrays as the raw-row DataFrame the fitted preprocessor reads."""
         columns = {name: numeric[:, j] for j, name in enumerate(self.schema.numeric)}
@@ -174,8 +179,7 @@ def export_model(bundle: ModelBundle, folder: str | Path, fmt: str) -> Path:
     if fmt == "torchscript":
         torch.jit.trace(bundle.model, example).save(str(target))
     else:
-        torch.onnx.export(bundle.model, (example,), str(target), input_names=["features"], output_names=["output"],
-                          dynamic_axes={"features": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
+        export_onnx(bundle.model, bundle.mlp.in_features, str(target))
     return target
 
 

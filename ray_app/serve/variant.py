@@ -72,7 +72,6 @@ class ModelVariant:
                                          monitor_settings or MonitorConfig())
         path = (self.bundle.compile(self.settings.parity_tolerance) if self.settings.fast_path
                 else "slow path (transform_batch + torch): serve.fast_path is off")
-        self.fast = path.startswith("fast")
         logger.info("variant %s serving %s (%s) through the %s", variant, self.ref.uri, model_uri, path)
 
     def describe(self) -> dict:
@@ -89,7 +88,7 @@ class ModelVariant:
         return self.bundle.answer(output)
 
     async def _score(self, numeric: np.ndarray, categorical: list[list[str]]) -> np.ndarray:
-        if self.fast:  # tens of microseconds: a thread hop would cost more than it frees
+        if self.bundle.compiled:  # tens of microseconds: a thread hop would cost more than it frees
             return self.bundle.score(numeric, categorical)
         return await asyncio.to_thread(self.bundle.score, numeric, categorical)
 
