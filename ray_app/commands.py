@@ -62,9 +62,9 @@ def cmd_ingest(s: Stage) -> int:
 
     preflight(s.cfg.data, s.paths.data_dir)
     connect_ray(s.paths)
-    data = prepare(s.cfg.data, s.paths.data_dir)
+    data = prepare(s.cfg.data, s.paths)
     _print({"dataset_version": data.version.model_dump(), "features": data.spec.model_dump(),
-            "splits": {name: ds.count() for name, ds in data.raw.items()}})
+            "splits": data.cache.counts(), "split_cache": data.cache.root})
     return ExitCode.OK
 
 
@@ -126,6 +126,7 @@ def cmd_predict(s: Stage) -> int:
 def cmd_validate(s: Stage) -> int:
     from ray_app.pipeline import run_data_gate
 
+    connect_ray(s.paths)
     report = run_data_gate(s.cfg, s.paths, s.args.data, registry=s.registry)
     print(report.render())
     return _verdict(report.passed)
@@ -176,11 +177,12 @@ def cmd_rollout(s: Stage) -> int:
 
 
 def cmd_drift(s: Stage) -> int:
-    from ray_app.data.sources import read_frame, resolve_files
-    from ray_app.monitor.drift import compare_frames, write_report
+    from ray_app.data.sources import read_dataset, resolve_files
+    from ray_app.monitor.drift import compare_datasets, write_report
 
-    reference, current = (read_frame(resolve_files(source)) for source in (s.args.reference, s.args.current))
-    report = compare_frames(reference, current, s.cfg.monitor)
+    files = [resolve_files(source) for source in (s.args.reference, s.args.current)]
+    connect_ray(s.paths)
+    report, reference, current = compare_datasets(*(read_dataset(f) for f in files), s.cfg.monitor)
     written = write_report(report, reference, current, Path(s.args.output))
     print(report.table())
     print(f"drift: {len(report.drifted)} feature(s) drifted: {', '.join(report.drifted) or 'none'}; "
@@ -196,13 +198,15 @@ def cmd_webhook(s: Stage) -> int:
 
 
 def cmd_export(s: Stage) -> int:
-    from ray_app.data.preprocess import holdout_frame
+    from ray_app.data.preprocess import split_data
     from ray_app.package import ParityError, export_checked
 
     bundle, ref = s.registry.load_bundle(s.args.model_uri)
-    holdout, _ = holdout_frame(s.cfg.data, s.paths.data_dir)
+    connect_ray(s.paths)
+    cache, _ = split_data(s.cfg.data, s.paths)
+    rows = cache.sample("holdout", s.cfg.gate.sample_rows)
     try:
-        target, error = export_checked(bundle, s.args.output, s.args.format, holdout, s.cfg.gate.parity_tolerance)
+        target, error = export_checked(bundle, s.args.output, s.args.format, rows, s.cfg.gate.parity_tolerance)
     except ParityError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.REJECTED

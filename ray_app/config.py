@@ -58,6 +58,9 @@ class DataConfig(_Strict):
     exclude: list[str] = Field(default_factory=list)  # ID and leaky columns: never features
     # A categorical feature keeps its most frequent categories; the rest encode as "other" (all zeros, as unseen)
     max_categories: int = Field(50, ge=2)
+    # train and val smaller than this on disk (Parquet) are encoded once and held in the object store for the run;
+    # larger ones stream from the split cache every epoch (a fixed cost of a few seconds an epoch on a small machine)
+    materialize_below_mb: float = Field(256.0, ge=0)
 
 
 class ModelConfig(_Strict):
@@ -135,6 +138,8 @@ class GateConfig(_Strict):
     alpha: float = Field(0.05, gt=0.0, lt=0.5)
     min_improvement: float = Field(0.0, ge=0.0)
     bootstrap_samples: int = Field(1000, ge=100)
+    bootstrap_rows: int = Field(20_000, ge=100)  # the paired bootstrap draws from a seeded subsample this large
+    sample_rows: int = Field(5_000, ge=50)  # latency, export parity and behaviour checks: a fixed seeded sample
     floors: dict[str, float] = Field(default_factory=dict)
     max_latency_p99_ms: float = Field(100.0, gt=0)
     max_size_mb: float = Field(100.0, gt=0)
@@ -345,6 +350,7 @@ class RuntimePaths(_Strict):
     dashboard_url: str = "http://127.0.0.1:8265"
     prometheus_url: str = "http://127.0.0.1:9090"
     admin_token: str | None = Field(None, repr=False)
+    object_store_mb: int | None = None  # a private local Ray's object store; None: Ray's default (30% of memory)
 
     @property
     def data_dir(self) -> Path:
@@ -362,6 +368,7 @@ class RuntimePaths(_Strict):
         The actor recorded in audit logs is `RAY_APP_ACTOR`, else the CI's `GITHUB_ACTOR`, else `USER`.
         `RAY_DASHBOARD_ADDRESS` (Serve's REST API), `RAY_APP_PROMETHEUS_URL` and `RAY_APP_ADMIN_TOKEN` (the bearer
         token of admin routes; without it they are off) serve the rollout controller, the router and the monitor.
+        `RAY_APP_OBJECT_STORE_MB` sizes the object store of a private local Ray (default: Ray's own).
         """
         env = os.environ if environ is None else environ
         home = Path(env.get("RAY_APP_HOME", Path.home() / ".ray_app")).expanduser().resolve()
@@ -375,6 +382,7 @@ class RuntimePaths(_Strict):
             dashboard_url=env.get("RAY_DASHBOARD_ADDRESS") or "http://127.0.0.1:8265",
             prometheus_url=env.get("RAY_APP_PROMETHEUS_URL") or "http://127.0.0.1:9090",
             admin_token=env.get("RAY_APP_ADMIN_TOKEN") or None,
+            object_store_mb=int(env["RAY_APP_OBJECT_STORE_MB"]) if env.get("RAY_APP_OBJECT_STORE_MB") else None,
         )
 
     def ensure(self) -> RuntimePaths:

@@ -84,8 +84,8 @@ def connect_ray(paths: RuntimePaths, dashboard: bool = False) -> str:
         where = f"the Ray cluster at {address} ({source})"
     else:
         ray.init(address="local", num_cpus=local_cpus(), include_dashboard=dashboard,
-                 dashboard_host="127.0.0.1", logging_level=logging.WARNING, object_store_memory=512 * 1024**2,
-                 _node_ip_address="127.0.0.1")
+                 dashboard_host="127.0.0.1", logging_level=logging.WARNING, _node_ip_address="127.0.0.1",
+                 object_store_memory=paths.object_store_mb * 1024**2 if paths.object_store_mb else None)
         where = "a private local Ray on 127.0.0.1"
     print(f"[ray] running on {where}", file=sys.stderr)
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -13,6 +13,7 @@ from ray_app.config import GateConfig
 from ray_app.metrics import HIGHER_IS_BETTER, PRIMARY_METRIC, metric_label, metric_value
 from ray_app.package import EXPORT_FILES, ModelBundle, export_model, parity_error
 from ray_app.registry import ModelRegistry
+from ray_app.scoring import Scored, score_frame
 
 
 @dataclass(frozen=True)
@@ -63,29 +64,16 @@ class GateReport:
         return "\n".join(lines)
 
 
-@dataclass
-class Scored:
-    """A bundle's outputs on the holdout, in the form its metrics read."""
-
-    y: np.ndarray
-    output: np.ndarray
-
-
-def score(bundle: ModelBundle, frame: pd.DataFrame) -> Scored:
-    labels = frame[bundle.schema.label]
-    result = bundle.predict(frame)
-    if bundle.target.classes is None:
-        return Scored(labels.to_numpy(dtype=np.float64), np.asarray(result["predictions"], dtype=np.float64))
-    return Scored(bundle.target.encode(labels), np.asarray(result["probabilities"]))
-
-
-def paired_bootstrap(metric: str, a: Scored, b: Scored, samples: int, seed: int = 0) -> np.ndarray:
-    """Differences metric(a) - metric(b) over resamples of the same rows (paired: one index set for both)."""
+def paired_bootstrap(metric: str, a: Scored, b: Scored, samples: int, seed: int = 0,
+                     max_rows: int | None = None) -> np.ndarray:
+    """Differences metric(a) - metric(b) over resamples of the same rows (paired: one index set for both). With
+    `max_rows`, the resamples draw from a seeded subsample of that many rows (the CI widens accordingly)."""
     rng = np.random.default_rng(seed)
     n = len(a.y)
+    rows = np.arange(n) if max_rows is None or n <= max_rows else np.sort(rng.choice(n, max_rows, replace=False))
     diffs = []
     for _ in range(samples):
-        idx = rng.integers(0, n, n)
+        idx = rows[rng.integers(0, len(rows), len(rows))]
         diffs.append(metric_value(metric, a.y[idx], a.output[idx]) - metric_value(metric, b.y[idx], b.output[idx]))
     diffs = np.asarray(diffs)
     return diffs[np.isfinite(diffs)]
@@ -151,41 +139,56 @@ def behaviour_checks(bundle: ModelBundle, frame: pd.DataFrame, cfg: GateConfig) 
         if rows.empty:
             checks.append(Check(f"slice {rule.feature}={rule.value}", False, "no rows in holdout", "some rows"))
             continue
-        scored = score(bundle, rows)
+        scored = score_frame(bundle, rows)
         value = metric_value(rule.metric, scored.y, scored.output)
         checks.append(_bound_check(f"slice {rule.feature}={rule.value} {rule.metric}", rule.metric, value, rule.min,
                                    f"{value:.4f} on {len(rows)} rows"))
     return checks
 
 
-def evaluate_gate(challenger: ModelBundle, champion: ModelBundle | None, holdout: pd.DataFrame, cfg: GateConfig,
-                  names: tuple[str, str | None], holdout_version: str) -> GateReport:
+@dataclass
+class HoldoutEvidence:
+    """What the gate judges on: both bundles' outputs on every holdout row (scored in the cluster), and a fixed
+    seeded sample of raw holdout rows for latency, export parity and behaviour."""
+
+    version: str
+    challenger: Scored
+    champion: Scored | None
+    sample: pd.DataFrame
+
+
+def evaluate_gate(challenger: ModelBundle, champion: ModelBundle | None, holdout: HoldoutEvidence, cfg: GateConfig,
+                  names: tuple[str, str | None]) -> GateReport:
     """Run every check of the model gate; the report decides, `promote_if_better` acts on it."""
     metric = cfg.metric or PRIMARY_METRIC[challenger.schema.task]
     higher = HIGHER_IS_BETTER[metric]
-    report = GateReport(names[0], names[1], holdout_version, metric)
-    scored = score(challenger, holdout)
+    report = GateReport(names[0], names[1], holdout.version, metric)
+    scored = holdout.challenger
     value = metric_value(metric, scored.y, scored.output)
-    report.figures[f"challenger_{metric}"] = value
+    report.figures.update({f"challenger_{metric}": value, "holdout_rows": len(scored),
+                           "sample_rows": len(holdout.sample)})
 
     classes = challenger.target.num_outputs if challenger.target.classes is not None else 0
     for name, floor in cfg.floors.items():
         got = metric_value(name, scored.y, scored.output)
         report.figures[f"challenger_{name}"] = got
         report.checks.append(_bound_check(f"floor {metric_label(name, classes)}", name, got, floor, f"{got:.4f}"))
-    if champion is not None:
-        base = score(champion, holdout)
+    if champion is not None and holdout.champion is not None:
+        base = holdout.champion
         report.figures[f"champion_{metric}"] = metric_value(metric, base.y, base.output)
-        diffs = paired_bootstrap(metric, scored, base, cfg.bootstrap_samples)
+        diffs = paired_bootstrap(metric, scored, base, cfg.bootstrap_samples, max_rows=cfg.bootstrap_rows)
         gains = diffs if higher else -diffs
         low, high = np.quantile(gains, [cfg.alpha / 2, 1 - cfg.alpha / 2])
-        report.figures.update(gain_mean=float(gains.mean()), gain_ci_low=float(low), gain_ci_high=float(high))
+        drawn = min(len(scored), cfg.bootstrap_rows)
+        report.figures.update(gain_mean=float(gains.mean()), gain_ci_low=float(low), gain_ci_high=float(high),
+                              bootstrap_rows=drawn)
         report.checks.append(Check(
             f"better than champion ({metric_label(metric, classes)})", bool(low > cfg.min_improvement),
-            f"gain {gains.mean():+.4f}, {100 * (1 - cfg.alpha):.0f}% CI [{low:+.4f}, {high:+.4f}]",
+            f"gain {gains.mean():+.4f}, {100 * (1 - cfg.alpha):.0f}% CI [{low:+.4f}, {high:+.4f}] on {drawn} rows",
             f"CI above {cfg.min_improvement:+.4f}"))
 
-    p99 = latency_p99_ms(challenger, holdout)
+    sample = holdout.sample
+    p99 = latency_p99_ms(challenger, sample)
     size_mb = challenger.size_bytes() / 1e6
     report.figures.update(latency_p99_ms=p99, size_mb=size_mb)
     report.checks.append(Check("latency p99 (1 row)", p99 <= cfg.max_latency_p99_ms, f"{p99:.2f} ms",
@@ -194,11 +197,11 @@ def evaluate_gate(challenger: ModelBundle, champion: ModelBundle | None, holdout
                                f"<= {cfg.max_size_mb} MB"))
     with tempfile.TemporaryDirectory() as folder:
         for fmt in EXPORT_FILES:
-            error = parity_error(challenger, export_model(challenger, f"{folder}/{fmt}", fmt), fmt, holdout)
+            error = parity_error(challenger, export_model(challenger, f"{folder}/{fmt}", fmt), fmt, sample)
             report.figures[f"parity_{fmt}"] = error
             report.checks.append(Check(f"export parity {fmt}", error <= cfg.parity_tolerance, f"max |diff| {error:.2e}",
                                        f"<= {cfg.parity_tolerance:.0e}"))
-    report.checks += behaviour_checks(challenger, holdout, cfg)
+    report.checks += behaviour_checks(challenger, sample, cfg)
     return report
 
 

@@ -42,13 +42,13 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     return {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err)))}
 
 
-def baseline_metrics(task: str, y_train: np.ndarray, y_true: np.ndarray, num_classes: int = 2) -> dict[str, float]:
-    """What a trivial model scores: the majority class (classification) or the training mean (regression)."""
+def baseline_metrics(task: str, constant: float, y_true: np.ndarray, num_classes: int = 2) -> dict[str, float]:
+    """What a trivial model scores: always the majority class's index `constant` (classification), or always the
+    training mean `constant` (regression)."""
     if task == "regression":
-        return regression_metrics(y_true, np.full(len(y_true), float(np.mean(y_train))))
-    values, counts = np.unique(y_train, return_counts=True)
+        return regression_metrics(y_true, np.full(len(y_true), float(constant)))
     proba = np.zeros((len(y_true), num_classes))
-    proba[:, int(values[counts.argmax()])] = 1.0
+    proba[:, int(constant)] = 1.0
     return classification_metrics(y_true, proba)
 
 

@@ -57,6 +57,13 @@ class ModelBundle:
         self._preprocessor = None
         self._fast: FastPath | None = None
 
+    def __getstate__(self) -> dict:  # sent to Ray Data scorers: the state, not the caches built from it
+        return {k: v for k, v in self.__dict__.items() if k not in ("_model", "_preprocessor", "_fast")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__post_init__()
+
     @property
     def model(self) -> TabularMLP:
         if self._model is None:

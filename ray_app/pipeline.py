@@ -10,13 +10,22 @@ import time
 from dataclasses import dataclass
 
 from ray_app.config import ExitCode, ExperimentConfig, RuntimePaths, UserError
-from ray_app.data.preprocess import holdout_frame, prepare
-from ray_app.data.sources import FeatureSpec, infer_spec, read_frame, resolve_files, source_files
-from ray_app.data.validate import DataReport, Reference, Violation, validate_frame
+from ray_app.data.preprocess import holdout_version, prepare, split_data
+from ray_app.data.sources import (
+    FINGERPRINT_CACHE,
+    FeatureSpec,
+    fingerprint,
+    infer_spec,
+    read_dataset,
+    resolve_files,
+    source_files,
+)
+from ray_app.data.validate import DataReport, Reference, Violation, validate_dataset
 from ray_app.evaluate import evaluate_and_register, run_params, run_tags
-from ray_app.gate import GateReport, evaluate_gate, promote_if_better
+from ray_app.gate import GateReport, HoldoutEvidence, evaluate_gate, promote_if_better
 from ray_app.package import ModelBundle
 from ray_app.registry import ModelRef, ModelRegistry
+from ray_app.scoring import score_dataset
 from ray_app.train.trainer import train
 
 
@@ -36,7 +45,7 @@ def run_training(cfg: ExperimentConfig, paths: RuntimePaths, run_name: str | Non
                  registry: ModelRegistry | None = None) -> TrainingReport:
     """Data → Ray Train → holdout evaluation → MLflow run and a registered model version."""
     registry = registry or ModelRegistry.from_paths(paths)
-    data = prepare(cfg.data, paths.data_dir)
+    data = prepare(cfg.data, paths)
     run_name = run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_id = registry.start_run(cfg.registry.experiment, run_name, run_params(cfg), run_tags(cfg, data, run_name))
     try:
@@ -58,36 +67,43 @@ def champion_bundle(registry: ModelRegistry, model_name: str) -> tuple[ModelBund
 
 def run_data_gate(cfg: ExperimentConfig, paths: RuntimePaths, source: str | None = None,
                   registry: ModelRegistry | None = None) -> DataReport:
-    """Validate a dataset (default: the spec's own source) against the spec and the champion's reference."""
+    """Validate a dataset (default: the spec's own source) against the spec and the champion's reference, block by
+    block in Ray Data."""
     registry = registry or ModelRegistry.from_paths(paths)
     files = resolve_files(source) if source else source_files(cfg.data, paths.data_dir)
-    frame = read_frame(files)
+    version = fingerprint(files, paths.data_dir / FINGERPRINT_CACHE)
     label = cfg.data.label or "label"
-    if label not in frame:
-        return DataReport(source or cfg.data.source, len(frame), [Violation(label, "missing column", "absent",
-                                                                            "present (the label)")])
-    spec = infer_spec(cfg.data, {col: str(dtype) for col, dtype in frame.dtypes.items()})
+    if label not in version.columns:
+        return DataReport(source or cfg.data.source, version.num_rows,
+                          [Violation(label, "missing column", "absent", "present (the label)")])
+    spec = infer_spec(cfg.data, version.columns)
     bundle, _ = champion_bundle(registry, cfg.registry.model_name)
     reference = None
     if bundle is not None:
         reference = Reference.from_profile(bundle.schema.numeric, bundle.schema.categorical, bundle.reference_profile)
         spec = FeatureSpec(label=bundle.schema.label, numeric=bundle.schema.numeric,
                            categorical=list(bundle.schema.categorical), task=bundle.schema.task)
-    return validate_frame(frame, spec, cfg.gate.data, reference, source=source or cfg.data.source)
+    return validate_dataset(read_dataset(files), version.columns, spec, cfg.gate.data, reference,
+                            source=source or cfg.data.source)
 
 
 def run_gate(cfg: ExperimentConfig, paths: RuntimePaths, challenger_uri: str,
              registry: ModelRegistry | None = None) -> tuple[GateReport, ModelRef]:
-    """Evaluate a challenger against the champion on the spec's holdout."""
+    """Evaluate a challenger against the champion on the spec's holdout: the training holdout's own partitions,
+    scored in the cluster."""
     registry = registry or ModelRegistry.from_paths(paths)
     ref = registry.resolve(challenger_uri)
     if registry.alias_version(ref.name, "champion") == ref.version:
         raise UserError(f"{ref.uri} is already the champion")
     challenger, ref = registry.load_bundle(ref.uri)
     champion, champion_ref = champion_bundle(registry, ref.name)
-    holdout, holdout_version = holdout_frame(cfg.data, paths.data_dir)
-    report = evaluate_gate(challenger, champion, holdout, cfg.gate,
-                           (ref.uri, champion_ref.uri if champion_ref else None), holdout_version)
+    cache, _ = split_data(cfg.data, paths)
+    scored = score_dataset([b for b in (challenger, champion) if b is not None], cache.read("holdout"))
+    evidence = HoldoutEvidence(holdout_version(cache.version, cfg.data), scored[0],
+                               scored[1] if champion is not None else None,
+                               cache.sample("holdout", cfg.gate.sample_rows))
+    report = evaluate_gate(challenger, champion, evidence, cfg.gate,
+                           (ref.uri, champion_ref.uri if champion_ref else None))
     return report, ref
 
 

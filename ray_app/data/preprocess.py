@@ -1,42 +1,33 @@
-"""Deterministic splits and the preprocessor that is fitted on train only and ships with the model."""
+"""The data stage: the split cache read lazily, one profile of the train split, and the preprocessor that is fitted
+on train only and ships with the model."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ray_app.config import DataConfig, UserError
+from ray_app.config import DataConfig, RuntimePaths, UserError
 from ray_app.data.sources import (
+    FINGERPRINT_CACHE,
     DatasetVersion,
     FeatureSpec,
     fingerprint,
     infer_spec,
-    read_column,
-    read_dataset,
-    read_frame,
+    label_values,
     source_files,
 )
+from ray_app.data.splits import SplitCache
+from ray_app.profiles import ProfileReader, profile_dataset
 
 logger = logging.getLogger(__name__)
-SPLITS = ("train", "val", "holdout")
 FEATURES_COLUMN = "features"
 TARGET_COLUMN = "target"
-
-
-def assign_splits(frame: pd.DataFrame, seed: int, val_fraction: float, holdout_fraction: float) -> np.ndarray:
-    """Give each row a split from a seeded hash of its content.
-
-    The assignment does not depend on row order or on how Ray Data cuts blocks, so the same data and
-    seed always give the same split, and duplicated rows never straddle train and holdout.
-    """
-    hashed = pd.util.hash_pandas_object(frame, index=False, hash_key=f"{seed % 10**16:016d}").to_numpy()
-    u = (hashed % np.uint64(1_000_003)).astype(np.float64) / 1_000_003
-    return np.where(u < holdout_fraction, "holdout", np.where(u < holdout_fraction + val_fraction, "val", "train"))
 
 
 MISSING = "__missing__"
@@ -143,17 +134,27 @@ class TargetEncoding:
     @classmethod
     def fit(cls, task: str, labels: pd.Series, name: str = "label") -> TargetEncoding:
         if task == "classification":
-            values = pd.unique(labels.dropna()).tolist()
-            if len(values) < 2:
-                raise UserError(f"label {name!r} has {len(values)} class(es) "
-                                f"({', '.join(map(str, values[:1])) or 'no values'}): a classifier needs two or more; "
-                                "check data.label, or set data.task: regression for a number")
-            try:
-                return cls(task=task, classes=sorted(values))
-            except TypeError:  # mixed types (e.g. 1 and "1"): order them as text
-                return cls(task=task, classes=sorted(values, key=str))
-        std = float(labels.std()) or 1.0
-        return cls(task=task, mean=float(labels.mean()), std=std)
+            return cls.of_classes(pd.unique(labels.dropna()).tolist(), name)
+        return cls(task=task, mean=float(labels.mean()), std=float(labels.std()) or 1.0)
+
+    @classmethod
+    def of_classes(cls, values: list, name: str = "label") -> TargetEncoding:
+        """The classification encoding of the distinct label values (an aggregation's result)."""
+        values = [v for v in values if not pd.isna(v)]
+        if len(values) < 2:
+            raise UserError(f"label {name!r} has {len(values)} class(es) "
+                            f"({', '.join(map(str, values[:1])) or 'no values'}): a classifier needs two or more; "
+                            "check data.label, or set data.task: regression for a number")
+        try:
+            return cls(task="classification", classes=sorted(values))
+        except TypeError:  # mixed types (e.g. 1 and "1"): order them as text
+            return cls(task="classification", classes=sorted(values, key=str))
+
+    def constant_guess(self, label_counts: dict[str, float], label_mean: float) -> float:
+        """What a trivial model predicts: the majority class's index, or the training mean."""
+        if self.classes is None:
+            return label_mean
+        return float(max(range(len(self.classes)), key=lambda i: label_counts.get(str(self.classes[i]), 0.0)))
 
 
 def encode_rows(preprocessor, spec, rows: pd.DataFrame) -> np.ndarray:
@@ -170,28 +171,43 @@ def to_model_inputs(batch: pd.DataFrame, preprocessor, spec: FeatureSpec, target
     return out
 
 
-def _numbers_only(batch: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
-    out = batch[spec.categorical].reset_index(drop=True)
+def served_form(batch: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+    """Rows as serving sees and the monitor profiles them: numbers (booleans as 0/1) as float64, categories as text
+    (an integer code as "7", a null kept a null), a class label as text."""
+    out = pd.DataFrame(index=range(len(batch)))
     for column in spec.numeric:
         out[column] = as_numbers(batch[column])
+    for column in spec.categorical:
+        out[column] = pd.Series([None if pd.isna(v) else category_text(v) for v in batch[column].tolist()],
+                                dtype=object)
+    labels = batch[spec.label].reset_index(drop=True)
+    out[spec.label] = labels.astype(str).astype(object) if spec.task == "classification" else as_numbers(labels)
     return out
 
 
-def summarize_train(train, spec: FeatureSpec) -> tuple[FeatureSpec, dict[str, float]]:
-    """One pass over the train split: which features are constant (dropped, with a warning) and which have nulls
-    (`nullable`), and each numeric feature's median (its imputed value)."""
-    from ray.data.aggregate import CountDistinct, Max, Min, MissingValuePercentage, Quantile
+@dataclass(frozen=True)
+class TrainSummary:
+    """What one profile of the train split says: the spec without constant features (and with `nullable` set),
+    each numeric feature's median (its imputed value), and the label's counts and mean."""
 
-    aggregates = [MissingValuePercentage(on=c, alias_name=f"null({c})") for c in spec.features]
-    for c in spec.numeric:
-        aggregates += [Quantile(on=c, q=0.5, alias_name=f"median({c})"), Min(c, alias_name=f"min({c})"),
-                       Max(c, alias_name=f"max({c})")]
-    aggregates += [CountDistinct(on=c, alias_name=f"distinct({c})") for c in spec.categorical]
-    stats = train.map_batches(_numbers_only, fn_args=(spec,), batch_format="pandas").aggregate(*aggregates)
-    nullable = [c for c in spec.features if (stats[f"null({c})"] or 0) > 0]
-    constant = [c for c in spec.numeric if stats[f"min({c})"] is None or stats[f"min({c})"] == stats[f"max({c})"]
-                and c not in nullable]
-    constant += [c for c in spec.categorical if (stats[f"distinct({c})"] or 0) <= 1 and c not in nullable]
+    spec: FeatureSpec
+    medians: dict[str, float]
+    label_counts: dict[str, float]
+    label_mean: float
+    label_std: float
+
+
+def summarize_train(profile: bytes, spec: FeatureSpec) -> TrainSummary:
+    """Read the train split's merged profile: constant features are dropped (with a warning), features with nulls
+    are `nullable`, medians come from the KLL sketch."""
+    reader = ProfileReader(profile)
+    nullable = [c for c in spec.features if reader.null_counts(c)[1] > 0]
+    constant = []
+    for column in spec.numeric:
+        span = reader.quantiles(column, [0.0, 1.0])
+        if (span is None or span[0] == span[1]) and column not in nullable:
+            constant.append(column)
+    constant += [c for c in spec.categorical if len(reader.counts(c)) <= 1 and c not in nullable]
     for column in constant:
         logger.warning("warning: feature %r is constant in the train split: dropped", column)
     keep = [c for c in spec.features if c not in constant]
@@ -201,54 +217,49 @@ def summarize_train(train, spec: FeatureSpec) -> tuple[FeatureSpec, dict[str, fl
                                    "categorical": [c for c in spec.categorical if c in keep],
                                    "boolean": [c for c in spec.boolean if c in keep],
                                    "nullable": [c for c in nullable if c in keep]})
-    medians = {c: _median(stats[f"median({c})"]) for c in spec.numeric}
-    return spec, medians
+    medians = {c: _finite((reader.quantiles(c, [0.5]) or [0.0])[0]) for c in spec.numeric}
+    moments = reader.moments(spec.label)
+    return TrainSummary(spec, medians, reader.counts(spec.label), moments[0], moments[1])
 
 
-def _median(value) -> float:
-    value = value[0] if isinstance(value, list) else value
+def _finite(value) -> float:
     return 0.0 if value is None or not np.isfinite(value) else float(value)
 
 
 @dataclass
 class PreparedData:
-    """What the data stage hands to training: the split datasets, the fitted state, and the version."""
+    """What the data stage hands to training: lazy split datasets (read from the split cache), the fitted state,
+    the train split's profile (the bundle's reference), and the version."""
 
     spec: FeatureSpec
     version: DatasetVersion
     preprocessor: Any
     target: TargetEncoding
-    raw: dict[str, Any]  # split name -> Ray Dataset of raw rows
-    model_inputs: dict[str, Any]  # "train"/"val" -> Ray Dataset of (features, target)
+    cache: SplitCache
+    fold: tuple[int, int] | None
+    summary: TrainSummary
+    train_profile: bytes
+    materialize: bool = False
+    _inputs: dict = field(default_factory=dict, repr=False)
+
+    def raw(self, split: str):
+        """A lazy Ray Dataset of one split's raw rows (this fold's, for train and val)."""
+        return self.cache.read(split, self.fold)
+
+    def model_inputs(self, split: str):
+        """A Ray Dataset of (features, target) rows for training: streamed from the split cache each epoch, or,
+        below `data.materialize_below_mb`, encoded once into the object store (never into this process)."""
+        if split in self._inputs:
+            return self._inputs[split]
+        inputs = self.raw(split).map_batches(to_model_inputs, fn_args=(self.preprocessor, self.spec, self.target),
+                                             batch_format="pandas")
+        if self.materialize:
+            self._inputs[split] = inputs = inputs.materialize()
+        return inputs
 
     @property
     def num_features(self) -> int:
-        return int(encode_rows(self.preprocessor, self.spec, self.raw["train"].limit(1).to_pandas()).shape[1])
-
-
-def assign_folds(frame: pd.DataFrame, seed: int, folds: int) -> np.ndarray:
-    """Give each row one of `folds` folds from a seeded hash of its content (independent of the split's hash)."""
-    hashed = pd.util.hash_pandas_object(frame, index=False, hash_key=f"{(seed + 7919) % 10**16:016d}").to_numpy()
-    return (hashed % np.uint64(folds)).astype(np.int64)
-
-
-def _select_split(batch: pd.DataFrame, name: str, cfg: DataConfig, fold: tuple[int, int] | None) -> pd.DataFrame:
-    splits = assign_splits(batch, cfg.seed, cfg.val_fraction, cfg.holdout_fraction)
-    if fold is not None and name != "holdout":  # k-fold: train and val are the folds of train + val
-        folds, index = fold
-        in_fold = assign_folds(batch, cfg.seed, folds) == index
-        keep = (splits != "holdout") & (in_fold if name == "val" else ~in_fold)
-    else:
-        keep = splits == name
-    if cfg.label in batch:  # rows without a label teach nothing and score nothing
-        keep &= batch[cfg.label].notna().to_numpy()
-    return batch.loc[keep].reset_index(drop=True)
-
-
-def split_dataset(ds, cfg: DataConfig, fold: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Split a Ray Dataset of raw rows into train, val and holdout (or fold `i` of `k` for train and val)."""
-    return {name: ds.map_batches(_select_split, fn_args=(name, cfg, fold), batch_format="pandas").materialize()
-            for name in SPLITS}
+        return int(encode_rows(self.preprocessor, self.spec, self.raw("train").limit(1).to_pandas()).shape[1])
 
 
 MIN_ROWS = 20  # below this the three splits cannot all have rows
@@ -257,47 +268,48 @@ MIN_ROWS = 20  # below this the three splits cannot all have rows
 def preflight(cfg: DataConfig, data_dir) -> tuple[DatasetVersion, FeatureSpec]:
     """What can be checked of a data source before Ray starts: the files exist and read, the label and the
     features make sense, there are rows enough to split. Each problem is one UserError naming the fix."""
-    version = fingerprint(source_files(cfg, data_dir))
+    version = fingerprint(source_files(cfg, data_dir), Path(data_dir) / FINGERPRINT_CACHE)
     spec = infer_spec(cfg, version.columns)
     if version.num_rows < MIN_ROWS:
         raise UserError(f"{cfg.source}: {version.num_rows} row(s) is too few to split into train, val and holdout "
                         f"(at least {MIN_ROWS}; the data gate's gate.data.min_rows sets the real floor)")
-    if spec.task == "classification":  # one column read: cheap, and an hour of training saved
-        TargetEncoding.fit(spec.task, read_column(version.files, spec.label), spec.label)
+    if spec.task == "classification":  # the label column streamed until two classes show: an hour of training saved
+        TargetEncoding.of_classes(label_values(version.files, spec.label, enough=2), spec.label)
     return version, spec
 
 
-def prepare(cfg: DataConfig, data_dir, fold: tuple[int, int] | None = None) -> PreparedData:
-    """Read, fingerprint, split, fit the preprocessor on train only, and encode train and val.
+def split_data(cfg: DataConfig, paths: RuntimePaths) -> tuple[SplitCache, FeatureSpec]:
+    """The data config's split cache (written on first use: one streaming pass) and its inferred spec."""
+    version = fingerprint(source_files(cfg, paths.data_dir), paths.data_dir / FINGERPRINT_CACHE)
+    spec = infer_spec(cfg, version.columns)
+    cache = SplitCache.locate(version, cfg.model_copy(update={"label": spec.label}), paths.storage_path)
+    counts = cache.ensure(cfg.model_copy(update={"label": spec.label}))
+    if counts["train"] == 0:
+        raise UserError("the train split is empty: the dataset is too small for the configured fractions")
+    return cache, spec
+
+
+def prepare(cfg: DataConfig, paths: RuntimePaths, fold: tuple[int, int] | None = None) -> PreparedData:
+    """Split (once per DatasetVersion), profile train, fit the preprocessor on train only: nothing is materialised.
 
     With `fold=(k, i)`, val is the i-th of k folds of the rows outside holdout and train is the rest.
     """
-    files = source_files(cfg, data_dir)
-    version = fingerprint(files)
-    spec = infer_spec(cfg, version.columns)
-    raw = split_dataset(read_dataset(files), cfg, fold)
-    if raw["train"].count() == 0:
-        raise UserError("the train split is empty: the dataset is too small for the configured fractions")
-    spec, medians = summarize_train(raw["train"], spec)
-    preprocessor = build_preprocessor(spec, medians, cfg.max_categories)
-    preprocessor = preprocessor.fit(raw["train"].map_batches(normalize_rows, fn_args=(spec,), batch_format="pandas"))
-    target = TargetEncoding.fit(spec.task, raw["train"].select_columns([spec.label]).to_pandas()[spec.label],
-                                spec.label)
-    model_inputs = {
-        name: raw[name].map_batches(to_model_inputs, fn_args=(preprocessor, spec, target), batch_format="pandas")
-        .materialize()
-        for name in ("train", "val")
-    }
-    return PreparedData(spec, version, preprocessor, target, raw, model_inputs)
+    cache, spec = split_data(cfg, paths)
+    train = cache.read("train", fold)
+    profile = profile_dataset(train, served_form, spec)
+    summary = summarize_train(profile, spec)
+    spec = summary.spec
+    preprocessor = build_preprocessor(spec, summary.medians, cfg.max_categories)
+    preprocessor = preprocessor.fit(train.map_batches(normalize_rows, fn_args=(spec,), batch_format="pandas"))
+    if spec.task == "classification":
+        target = TargetEncoding.of_classes(train.unique(spec.label), spec.label)
+    else:
+        target = TargetEncoding(task="regression", mean=summary.label_mean, std=summary.label_std or 1.0)
+    small = cache.size_bytes(["train", "val"]) < cfg.materialize_below_mb * 1024**2
+    return PreparedData(spec, cache.version, preprocessor, target, cache, fold, summary, profile, materialize=small)
 
 
-def holdout_frame(cfg: DataConfig, data_dir) -> tuple[pd.DataFrame, str]:
-    """The raw holdout rows of a data config, and a version id for exactly those rows (data + split)."""
-    files = source_files(cfg, data_dir)
-    version = fingerprint(files)
-    frame = read_frame(files)
-    keep = assign_splits(frame, cfg.seed, cfg.val_fraction, cfg.holdout_fraction) == "holdout"
-    if cfg.label in frame:
-        keep &= frame[cfg.label].notna().to_numpy()
+def holdout_version(version: DatasetVersion, cfg: DataConfig) -> str:
+    """A version id for exactly the holdout rows of a data config (data + split settings)."""
     key = f"{version.id}:{cfg.seed}:{cfg.val_fraction}:{cfg.holdout_fraction}:holdout"
-    return frame.loc[keep].reset_index(drop=True), hashlib.sha256(key.encode()).hexdigest()[:16]
+    return hashlib.sha256(key.encode()).hexdigest()[:16]

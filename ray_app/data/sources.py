@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +21,7 @@ from ray_app.config import DataConfig, UserError
 
 BUILTIN_SETS = ("synthetic", "breast_cancer", "diabetes")
 SUPPORTED_SUFFIXES = (".parquet", ".csv")
+FINGERPRINT_CACHE = "fingerprints"  # under the data folder: versions by file (path, size, mtime)
 
 
 class DataSourceError(UserError):
@@ -109,7 +111,7 @@ def materialize_builtin(cfg: DataConfig, data_dir: Path) -> Path:
 def resolve_files(source: str) -> list[str]:
     """Expand a path or URI (file or folder) into a sorted list of Parquet/CSV files."""
     try:
-        fs, root = _filesystem(source)
+        fs, root = filesystem(source)
     except (ValueError, OSError) as exc:
         raise DataSourceError(f"cannot open data source {source!r}: {exc}") from None
     info = fs.get_file_info(root)
@@ -134,27 +136,43 @@ def source_files(cfg: DataConfig, data_dir: Path) -> list[str]:
 
 
 def with_feedback(files: list[str], feedback: str, data_dir: Path) -> list[str]:
-    """The data plus the labelled feedback rows, as one Parquet file named by its content (so its version
-    changes with the feedback). No feedback yet: the data alone."""
+    """The data files plus one file of the labelled feedback rows, cast to the data's schema and named by its
+    content (so the version changes with the feedback). The data itself is not read. No feedback yet: the data."""
     try:
-        extra = read_frame(resolve_files(feedback))
+        extra = pads.dataset(resolve_files(feedback), format="parquet").to_table()
     except DataSourceError:
         return files
-    base = read_frame(files)
-    missing = sorted(set(base.columns) - set(extra.columns))
+    schema = pa.schema([field.with_type(pa.from_numpy_dtype(np.dtype("float64"))) if pa.types.is_null(field.type)
+                        else field for field in _arrow_schema(files[0])])
+    missing = [name for name in schema.names if name not in extra.column_names]
     if missing:
         raise DataSourceError(f"feedback rows in {feedback} lack column(s) {', '.join(missing)}")
-    extra = extra[list(base.columns)].astype(base.dtypes.to_dict())
-    merged = pd.concat([base, extra], ignore_index=True)
-    digest = hashlib.sha256(pd.util.hash_pandas_object(merged, index=False).values.tobytes()).hexdigest()[:16]
-    path = data_dir / f"with-feedback-{digest}.parquet"
+    try:
+        extra = extra.select(schema.names).cast(schema)
+    except (pa.ArrowException, ValueError) as exc:
+        raise DataSourceError(f"feedback rows in {feedback} do not fit the data's columns: {exc}") from None
+    sink = pa.BufferOutputStream()
+    csv = files[0].endswith(".csv")
+    (pacsv.write_csv if csv else pq.write_table)(extra, sink)
+    data = sink.getvalue().to_pybytes()
+    path = data_dir / f"feedback-{hashlib.sha256(data).hexdigest()[:16]}{'.csv' if csv else '.parquet'}"
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
-        merged.to_parquet(path, index=False)
-    return [str(path)]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return [*files, str(path)]
 
 
-def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+def _arrow_schema(path: str) -> pa.Schema:
+    fs, inner = filesystem(path)
+    if path.endswith(".parquet"):
+        return pq.read_schema(inner, filesystem=fs)
+    with fs.open_input_stream(inner) as stream:  # Arrow's inference, as Ray Data's read_csv will see the file
+        return pacsv.open_csv(stream).schema
+
+
+def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(path if "://" in path else str(Path(path).resolve()))
 
 
@@ -176,22 +194,28 @@ def _checked_rows(fs: pafs.FileSystem, inner: str, path: str) -> int:
 
 
 def _read_schema(path: str) -> dict[str, str]:
-    if path.endswith(".parquet"):
-        fs, inner = _filesystem(path)
-        return {field.name: str(field.type) for field in pq.read_schema(inner, filesystem=fs)}
-    fs, inner = _filesystem(path)
-    with fs.open_input_stream(inner) as stream:  # Arrow's inference, as Ray Data's read_csv will see the file
-        return {field.name: str(field.type) for field in pacsv.open_csv(stream).schema}
+    return {field.name: str(field.type) for field in _arrow_schema(path)}
 
 
-def fingerprint(files: list[str]) -> DatasetVersion:
+def fingerprint(files: list[str], cache_dir: Path | None = None) -> DatasetVersion:
     """Hash the bytes of every file (in sorted order) and the schema into a DatasetVersion. Every file is checked
     on the way: a Parquet footer that cannot be read, or a CSV row of the wrong width, is a DataSourceError that
-    names the file."""
+    names the file.
+
+    With `cache_dir`, a version is remembered under the files' (path, size, mtime): unchanged files are not read
+    again by the next stage (a file rewritten with the same size and mtime would keep its old version, as `make`
+    would think it unchanged)."""
+    stats = _file_stats(files)
+    cached = cache_dir / f"{hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:24]}.json" if cache_dir else None
+    if cached is not None and cached.exists():
+        try:
+            return DatasetVersion.model_validate_json(cached.read_text())
+        except ValueError:
+            pass
     digest = hashlib.sha256()
     num_rows = 0
     for path in sorted(files):
-        fs, inner = _filesystem(path)
+        fs, inner = filesystem(path)
         with fs.open_input_stream(inner) as stream:
             while chunk := stream.read(1 << 20):
                 digest.update(chunk)
@@ -199,7 +223,23 @@ def fingerprint(files: list[str]) -> DatasetVersion:
         num_rows += _checked_rows(fs, inner, path)
     columns = _read_schema(sorted(files)[0])
     digest.update(json.dumps(columns, sort_keys=True).encode())
-    return DatasetVersion(id=digest.hexdigest()[:16], files=sorted(files), columns=columns, num_rows=num_rows)
+    version = DatasetVersion(id=digest.hexdigest()[:16], files=sorted(files), columns=columns, num_rows=num_rows)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(version.model_dump_json())
+        tmp.replace(cached)
+    return version
+
+
+def _file_stats(files: list[str]) -> list[tuple[str, int, int]]:
+    out = []
+    for path in sorted(files):
+        fs, inner = filesystem(path)
+        info = fs.get_file_info(inner)
+        mtime = info.mtime_ns if info.mtime_ns is not None else -1
+        out.append((path, int(info.size or 0), int(mtime)))
+    return out
 
 
 def read_frame(files: list[str]) -> pd.DataFrame:
@@ -213,13 +253,21 @@ def read_frame(files: list[str]) -> pd.DataFrame:
         raise DataSourceError(f"cannot read {names}: {detail}") from None
 
 
-def read_column(files: list[str], column: str) -> pd.Series:
-    """One column of Parquet or CSV files, without Ray (Parquet reads only that column)."""
+def label_values(files: list[str], column: str, enough: int | None = None) -> list:
+    """The distinct values of one column, streamed batch by batch without Ray (Parquet reads only that column);
+    with `enough`, it stops as soon as that many have shown."""
+    import pyarrow.compute as pc
+
     fmt = "parquet" if files[0].endswith(".parquet") else "csv"
+    seen: set = set()
     try:
-        return pads.dataset(files, format=fmt).to_table(columns=[column]).column(column).to_pandas()
+        for batch in pads.dataset(files, format=fmt).to_batches(columns=[column]):
+            seen.update(v for v in pc.unique(batch.column(0)).to_pylist() if v is not None)
+            if enough is not None and len(seen) >= enough:
+                break
     except (pa.ArrowException, OSError) as exc:
         raise DataSourceError(f"cannot read column {column!r}: {str(exc).strip().splitlines()[0][:200]}") from None
+    return sorted(seen, key=str)
 
 
 def read_dataset(files: list[str]):

@@ -1,15 +1,18 @@
-"""The data gate: rules from the spec and from the champion's reference profile, checked on a whylogs profile."""
+"""The data gate: rules from the spec and from the champion's reference profile, checked on a whylogs profile
+(built block by block in Ray Data for a dataset, merged) and a few exact counts beside it."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from ray_app.config import DataGateConfig
-from ray_app.data.sources import FeatureSpec
-from ray_app.profiles import column_stats, profile_frame
+from ray_app.data.preprocess import as_numbers, category_text
+from ray_app.data.sources import FeatureSpec, is_numeric_type
+from ray_app.profiles import PROFILE_BATCH_ROWS, column_stats, merge_serialized, profile_frame
 
 
 @dataclass(frozen=True)
@@ -57,26 +60,68 @@ class DataReport:
         return "\n".join(lines)
 
 
-def _is_numeric(series: pd.Series) -> bool:
-    return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+@dataclass(frozen=True)
+class GateColumns:
+    """Which columns the data gate reads, as what, and their types in the source (Arrow or pandas names)."""
+
+    label: str
+    task: str
+    numeric: list[str]
+    categorical: list[str]
+    types: dict[str, str]
+
+    @classmethod
+    def of(cls, spec: FeatureSpec, reference: Reference | None, types: dict[str, str]) -> GateColumns:
+        numeric = reference.numeric if reference else spec.numeric
+        categorical = list(reference.categorical) if reference else spec.categorical
+        return cls(spec.label, spec.task, [c for c in numeric if c in types], [c for c in categorical if c in types],
+                   types)
 
 
-def _schema_rules(frame: pd.DataFrame, spec: FeatureSpec, reference: Reference | None) -> list[Violation]:
-    numeric = reference.numeric if reference else spec.numeric
-    categorical = list(reference.categorical) if reference else spec.categorical
-    out = [Violation(col, "missing column", "absent", "present") for col in [spec.label, *numeric, *categorical]
-           if col not in frame]
-    out += [Violation(col, "type", str(frame[col].dtype), "numeric") for col in numeric
-            if col in frame and not (_is_numeric(frame[col]) or pd.api.types.is_bool_dtype(frame[col]))
-            and frame[col].notna().any()]
-    out += [Violation(col, "type", str(frame[col].dtype), "string or integer-coded category") for col in categorical
-            if col in frame and _is_numeric(frame[col]) and not _integer_valued(frame[col])]
+def gate_view(batch: pd.DataFrame, columns: GateColumns) -> tuple[pd.DataFrame, dict]:
+    """One batch as the data gate profiles it (numbers as float, categories and classes as text, a column of the
+    wrong type as it is), and the exact counts that a sketch would blur: rows, non-integer numbers in categorical
+    columns, rows per class."""
+    frame = pd.DataFrame(index=range(len(batch)))
+    facts: dict = {"rows": len(batch), "non_integer": {}, "labels": {}}
+    for column in columns.numeric:
+        numeric_type = is_numeric_type(columns.types[column]) or columns.types[column] == "null"
+        frame[column] = as_numbers(batch[column]) if numeric_type else batch[column].reset_index(drop=True)
+    for column in columns.categorical:
+        values = batch[column].reset_index(drop=True)
+        if pd.api.types.is_float_dtype(values):
+            finite = values.to_numpy(dtype=np.float64)
+            facts["non_integer"][column] = int(np.count_nonzero(np.mod(finite[np.isfinite(finite)], 1)))
+        frame[column] = pd.Series([None if pd.isna(v) else category_text(v) for v in values.tolist()], dtype=object)
+    if columns.label in batch:
+        labels = batch[columns.label].reset_index(drop=True)
+        if columns.task == "classification":
+            facts["labels"] = {str(k): int(v) for k, v in labels.dropna().astype(str).value_counts().items()}
+            frame[columns.label] = pd.Series([None if pd.isna(v) else str(v) for v in labels.tolist()], dtype=object)
+        else:
+            frame[columns.label] = as_numbers(labels)
+    return frame, facts
+
+
+def add_facts(total: dict, part: dict) -> dict:
+    """Sum two nested dicts of counts."""
+    out = dict(total)
+    for key, value in part.items():
+        out[key] = add_facts(out.get(key, {}), value) if isinstance(value, dict) else out.get(key, 0) + value
     return out
 
 
-def _integer_valued(series: pd.Series) -> bool:
-    values = series.dropna().to_numpy(dtype=float)
-    return bool(np.all(np.mod(values, 1) == 0))
+def _schema_rules(columns: GateColumns, spec: FeatureSpec, reference: Reference | None, stats: dict,
+                  facts: dict) -> list[Violation]:
+    numeric = reference.numeric if reference else spec.numeric
+    categorical = list(reference.categorical) if reference else spec.categorical
+    out = [Violation(col, "missing column", "absent", "present") for col in [spec.label, *numeric, *categorical]
+           if col not in columns.types]
+    out += [Violation(col, "type", columns.types[col], "numeric") for col in columns.numeric
+            if stats.get(col, {}).get("strings", 0) > 0]
+    out += [Violation(col, "type", columns.types[col], "string or integer-coded category")
+            for col in columns.categorical if facts["non_integer"].get(col, 0) > 0]
+    return out
 
 
 def _range(column: str, gate: DataGateConfig, reference: Reference | None) -> tuple[float, float] | None:
@@ -91,17 +136,49 @@ def _range(column: str, gate: DataGateConfig, reference: Reference | None) -> tu
 
 def validate_frame(frame: pd.DataFrame, spec: FeatureSpec, gate: DataGateConfig,
                    reference: Reference | None = None, source: str = "<frame>") -> DataReport:
-    """Check schema, row count, null fractions, numeric ranges, categories and label balance."""
-    violations = _schema_rules(frame, spec, reference)
-    rows = len(frame)
+    """The data gate on rows held in memory (the same rules as on a profiled dataset)."""
+    columns = GateColumns.of(spec, reference, {str(c): str(t) for c, t in frame.dtypes.items()})
+    view, facts = gate_view(frame, columns)
+    return validate_profile(profile_frame(view), facts, columns, spec, gate, reference, source)
+
+
+def _gate_block(batch: pd.DataFrame, columns: GateColumns) -> pd.DataFrame:
+    view, facts = gate_view(batch, columns)
+    return pd.DataFrame({"profile": [profile_frame(view)], "facts": [json.dumps(facts)]})
+
+
+def validate_dataset(ds, types: dict[str, str], spec: FeatureSpec, gate: DataGateConfig,
+                     reference: Reference | None = None, source: str = "<dataset>") -> DataReport:
+    """The data gate on a Ray Dataset: each block is profiled where it lies, and the driver merges the views and
+    the counts as they stream back (it never holds the rows)."""
+    columns = GateColumns.of(spec, reference, types)
+    wanted = [c for c in dict.fromkeys([columns.label, *columns.numeric, *columns.categorical]) if c in types]
+    parts = ds.select_columns(wanted).map_batches(_gate_block, fn_args=(columns,), batch_format="pandas",
+                                                  batch_size=PROFILE_BATCH_ROWS)
+    facts: dict = {"rows": 0, "non_integer": {}, "labels": {}}
+
+    def profiles():
+        nonlocal facts
+        for row in parts.iter_rows():
+            facts = add_facts(facts, json.loads(row["facts"]))
+            yield row["profile"]
+
+    profile = merge_serialized(profiles()) or profile_frame(pd.DataFrame())
+    return validate_profile(profile, facts, columns, spec, gate, reference, source)
+
+
+def validate_profile(profile: bytes, facts: dict, columns: GateColumns, spec: FeatureSpec, gate: DataGateConfig,
+                     reference: Reference | None = None, source: str = "<frame>") -> DataReport:
+    """Check schema, row count, null fractions, numeric ranges, categories and label balance on a merged profile
+    and its exact counts."""
+    stats = column_stats(profile)
+    violations = _schema_rules(columns, spec, reference, stats, facts)
+    rows = int(facts.get("rows", 0))
     if rows < gate.min_rows:
         violations.append(Violation("*", "row count", str(rows), f">= {gate.min_rows}"))
     if rows == 0:
         return DataReport(source, rows, violations)
-    expected = {spec.label, *spec.features, *(reference.numeric if reference else []),
-                *(reference.categorical if reference else [])}
-    present = [c for c in frame.columns if c in expected]
-    stats = column_stats(profile_frame(frame[present]))
+    present = [c for c in [columns.label, *columns.numeric, *columns.categorical] if c in stats]
     for column in present:
         col = stats[column]
         null_fraction = col["null"] / max(col["n"], 1)
@@ -114,7 +191,7 @@ def validate_frame(frame: pd.DataFrame, spec: FeatureSpec, gate: DataGateConfig,
             violations.append(Violation(column, "null jump", f"{null_fraction:.3f} ({col['null']} rows)",
                                         f"<= {was + gate.null_fraction_slack:.3f} (champion's data {was:.3f} + "
                                         f"{gate.null_fraction_slack:g})"))
-        allowed = _range(column, gate, reference) if column != spec.label else None
+        allowed = _range(column, gate, reference) if column in columns.numeric else None
         if allowed and "min" in col and (col["min"] < allowed[0] or col["max"] > allowed[1]):
             violations.append(Violation(column, "range", f"[{col['min']:.4g}, {col['max']:.4g}]",
                                         f"within [{allowed[0]:.4g}, {allowed[1]:.4g}]"))
@@ -124,12 +201,13 @@ def validate_frame(frame: pd.DataFrame, spec: FeatureSpec, gate: DataGateConfig,
             if unseen:
                 violations.append(Violation(column, "unseen category", ", ".join(unseen[:5]),
                                             f"one of {', '.join(known[:8])}"))
-    if spec.task == "classification" and spec.label in frame:
-        share = frame[spec.label].value_counts(normalize=True)
-        if len(share) < 2:
-            violations.append(Violation(spec.label, "label balance", f"{len(share)} class", ">= 2 classes"))
-        for value, fraction in share.items():
-            if fraction < gate.min_class_fraction:
-                violations.append(Violation(spec.label, "label balance", f"class {value}: {fraction:.3f}",
+    if spec.task == "classification" and columns.label in columns.types:
+        counts = facts.get("labels", {})
+        labelled = sum(counts.values()) or 1
+        if len(counts) < 2:
+            violations.append(Violation(spec.label, "label balance", f"{len(counts)} class", ">= 2 classes"))
+        for value, count in sorted(counts.items(), key=lambda kv: -kv[1]):
+            if count / labelled < gate.min_class_fraction:
+                violations.append(Violation(spec.label, "label balance", f"class {value}: {count / labelled:.3f}",
                                             f">= {gate.min_class_fraction:.3f}"))
     return DataReport(source, rows, violations)

@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict
 from scipy import stats
 
 from ray_app.config import MonitorConfig
-from ray_app.profiles import ProfileReader, profile_frame
+from ray_app.data.sources import is_numeric_type
+from ray_app.profiles import ProfileReader, profile_dataset, profile_frame
 
 GRID = list(np.linspace(0.0, 1.0, 101))
 PSI_BINS = [i / 10 for i in range(1, 10)]
@@ -162,6 +163,33 @@ def compare_frames(reference: pd.DataFrame, current: pd.DataFrame, settings: Mon
 
     return compare_profiles(profile_frame(as_text(reference[columns])), profile_frame(as_text(current[columns])),
                             numeric, categorical, settings)
+
+
+PLOT_ROWS = 20_000  # rows of each side drawn for the report's histograms (the tests run on the whole profiles)
+
+
+def _as_text(batch: pd.DataFrame, categorical: list[str]) -> pd.DataFrame:
+    return batch.assign(**{c: batch[c].map(lambda v: None if pd.isna(v) else str(v)).astype(object)
+                           for c in categorical})
+
+
+def compare_datasets(reference, current, settings: MonitorConfig) -> tuple[DriftReport, pd.DataFrame, pd.DataFrame]:
+    """Offline drift of two Ray Datasets, each profiled block by block in the cluster and merged: numeric columns
+    by KS, the others by chi-square. Returns the report and a seeded sample of each side for its plots."""
+    schema = reference.schema()
+    types = dict(zip(schema.names, (str(t) for t in schema.types), strict=True))
+    columns = [c for c in schema.names if c in set(current.schema().names)]
+    numeric = [c for c in columns if is_numeric_type(types[c])]
+    categorical = [c for c in columns if c not in numeric]
+    profiles = [profile_dataset(ds.select_columns(columns), _as_text, categorical) for ds in (reference, current)]
+    report = compare_profiles(*profiles, numeric, categorical, settings)
+    samples = [_sample(ds.select_columns(columns)) for ds in (reference, current)]
+    return report, *samples
+
+
+def _sample(ds) -> pd.DataFrame:
+    rows = ds.count()
+    return (ds if rows <= PLOT_ROWS else ds.random_sample(PLOT_ROWS / rows, seed=0)).to_pandas()
 
 
 def write_report(report: DriftReport, reference: pd.DataFrame, current: pd.DataFrame, folder: Path) -> list[Path]:

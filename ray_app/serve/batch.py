@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ray_app.data.sources import read_dataset, resolve_files
+from ray_app.data.sources import DataSourceError, read_dataset, resolve_files
 
 
 class BundlePredictor:
@@ -23,12 +23,30 @@ class BundlePredictor:
         return batch
 
 
+def _written(output: str) -> dict[str, int]:
+    """Rows per Parquet file under `output` (footers only)."""
+    import pyarrow.parquet as pq
+
+    from ray_app.data.sources import filesystem
+
+    try:
+        files = resolve_files(output)
+    except DataSourceError:
+        return {}
+    rows = {}
+    for path in files:
+        fs, inner = filesystem(path)
+        rows[path] = pq.ParquetFile(fs.open_input_file(inner)).metadata.num_rows
+    return rows
+
+
 def score_files(source: str, output: str, model_uri: str, loader, concurrency: int = 1,
                 batch_size: int = 4096) -> int:
-    """Score every row of `source` and write Parquet to `output`; returns the number of rows scored."""
+    """Score every row of `source` and write Parquet to `output` as the batches are scored (nothing is held back
+    to be written at the end); returns the number of rows scored."""
+    before = _written(output)
     ds = read_dataset(resolve_files(source))
     scored = ds.map_batches(BundlePredictor, fn_constructor_args=(loader, model_uri), batch_format="pandas",
                             batch_size=batch_size, concurrency=concurrency)
-    scored = scored.materialize()
     scored.write_parquet(output)
-    return scored.count()
+    return sum(rows for path, rows in _written(output).items() if path not in before)

@@ -112,6 +112,17 @@ class _EpochGauges:
                 self.held.set(self.value, float(value), {"run": self.run, "metric": name})
 
 
+def _from_rank_zero(metrics: dict) -> dict:
+    """Rank 0's validation metrics on every worker, so that all of them report the same figures."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return metrics
+    shared = [metrics]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Train the MLP on this worker's shard; restore from the last checkpoint if Ray Train hands one."""
     import ray.data
@@ -151,8 +162,11 @@ def train_loop_per_worker(config: dict) -> None:
             model, train_shard.iter_torch_batches(batch_size=settings.batch_size, dtypes=dtypes, device=device),
             loss_fn, optimizer, device,
         )
-        val = evaluate(model, val_shard.iter_torch_batches(batch_size=1024, dtypes=dtypes, device=device),
-                       settings.task, device, settings.target_std)
+        val = {}
+        if rank == 0:
+            val = evaluate(_unwrap(model), val_shard.iter_torch_batches(batch_size=1024, dtypes=dtypes, device=device),
+                           settings.task, device, settings.target_std)
+        val = _from_rank_zero(val)
         metrics = {"epoch": epoch, "train_loss": train_loss, "resumed_from_epoch": start_epoch,
                    **{f"val_{name}": value for name, value in val.items()}}
         with tempfile.TemporaryDirectory() as folder:

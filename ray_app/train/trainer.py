@@ -55,8 +55,8 @@ def build_trainer(cfg: ExperimentConfig, data: PreparedData, paths: RuntimePaths
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
             callbacks=callbacks,
         ),
-        datasets={"train": data.model_inputs["train"], "val": data.model_inputs["val"]},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        datasets={"train": data.model_inputs("train"), "val": data.model_inputs("val")},
+        dataset_config=DataConfig(datasets_to_split=["train"]),  # val is read by rank 0 only
     )
 
 

@@ -28,10 +28,12 @@ class CrossValidation:
 
 def cross_validate(cfg: ExperimentConfig, paths: RuntimePaths, folds: int, metric: str,
                    run_name: str) -> CrossValidation:
-    """Train `cfg` once per fold (preprocessor refitted on each fold's train part) and collect `metric`."""
+    """Train `cfg` once per fold (preprocessor refitted on each fold's train part) and collect `metric`. Each fold
+    reads the cached split lazily and holds nothing after its run."""
     values = []
     for index in range(folds):
-        data = prepare(cfg.data, paths.data_dir, fold=(folds, index))
+        data = prepare(cfg.data, paths, fold=(folds, index))
         outcome = train(cfg, data, paths, f"{run_name}-cv{index}of{folds}")
         values.append(float(outcome.metrics[metric]))
+        del data, outcome  # this fold's encoded inputs leave the object store before the next fold is prepared
     return CrossValidation(metric, values)

@@ -12,6 +12,7 @@ from ray_app.data.preprocess import PreparedData, prepare
 from ray_app.evaluate import evaluate_and_register, run_params, run_tags
 from ray_app.metrics import HIGHER_IS_BETTER, PRIMARY_METRIC
 from ray_app.registry import ModelRef, ModelRegistry
+from ray_app.resources import DATA_CPUS
 from ray_app.train.trainer import build_trainer, loop_settings, outcome_from_checkpoint
 from ray_app.tune.cv import CrossValidation, cross_validate
 
@@ -65,14 +66,16 @@ def apply_params(cfg: ExperimentConfig, params: dict) -> ExperimentConfig:
 
 
 def max_concurrent_trials(cfg: ExperimentConfig, resources: dict[str, float]) -> int:
-    """How many trials fit at once: each needs its own CPUs plus its workers' (and their GPUs)."""
+    """How many trials fit at once: each needs its own CPUs plus its workers' (and their GPUs), and one CPU stays
+    free for the Ray Data tasks that stream every trial's splits."""
     per_trial = cfg.tune.trial_cpus + cfg.train.num_workers * cfg.train.cpus_per_worker
-    fits = math.floor(resources.get("CPU", 0) / per_trial + 1e-9)
+    fits = math.floor((resources.get("CPU", 0) - DATA_CPUS) / per_trial + 1e-9)
     if cfg.train.use_gpu:
         fits = min(fits, math.floor(resources.get("GPU", 0) / cfg.train.num_workers + 1e-9))
     if fits < 1:
         raise UserError(f"one trial needs {per_trial:g} CPUs (tune.trial_cpus + train.num_workers x "
-                         f"train.cpus_per_worker) but the cluster has {resources.get('CPU', 0):g}")
+                         f"train.cpus_per_worker) and Ray Data {DATA_CPUS:g}, but the cluster has "
+                         f"{resources.get('CPU', 0):g}")
     return min(fits, cfg.tune.max_concurrent or fits)
 
 
@@ -146,7 +149,7 @@ def run_tuning(cfg: ExperimentConfig, paths: RuntimePaths, name: str | None = No
     """Search, then register the best trial's model as a new version with alias `challenger`."""
     if not cfg.tune.space:
         raise UserError("the spec has no tune.space to search")
-    data = prepare(cfg.data, paths.data_dir)
+    data = prepare(cfg.data, paths)
     registry = registry or ModelRegistry.from_paths(paths)
     name = name or f"tune-{cfg.name}"
     parent = _parent_run(registry, cfg, data, name, resume)

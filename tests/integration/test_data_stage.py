@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from ray_app.config import DataConfig
-from ray_app.data.preprocess import assign_splits, prepare
+from ray_app.data.preprocess import prepare
 from ray_app.data.sources import synthetic_frame
+from ray_app.data.splits import assign_splits
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -2,10 +2,11 @@
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from ray_app.config import DataConfig, SyntheticConfig
-from ray_app.data.preprocess import TargetEncoding, assign_splits
+from ray_app.data.preprocess import TargetEncoding
 from ray_app.data.sources import (
     DataSourceError,
     builtin_frame,
@@ -16,6 +17,7 @@ from ray_app.data.sources import (
     source_files,
     synthetic_frame,
 )
+from ray_app.data.splits import assign_splits
 
 
 def test_synthetic_is_seeded_and_drift_moves_the_means():
@@ -102,7 +104,7 @@ def test_target_encoding_round_trip_and_unseen_label():
 
 
 def test_folds_partition_rows_deterministically():
-    from ray_app.data.preprocess import assign_folds
+    from ray_app.data.splits import assign_folds
 
     frame = synthetic_frame(3000, seed=0)
     folds = assign_folds(frame, seed=0, folds=5)
@@ -122,10 +124,12 @@ def test_feedback_rows_join_the_data_as_a_new_version(tmp_path):
     folder.mkdir()
     pd.DataFrame({"x": [0.9], "c": ["b"], "label": ["1"], "prediction": [0], "variant": ["champion"],
                   "request_id": ["r1"], "labelled_at": [1.0]}).to_parquet(folder / "feedback-1.parquet")
-    [merged] = source_files(DataConfig(source=files[0], feedback=str(folder)), tmp_path / "data")
-    frame = pd.read_parquet(merged)
+    merged = source_files(DataConfig(source=files[0], feedback=str(folder)), tmp_path / "data")
+    assert merged[0] == files[0] and len(merged) == 2  # the data is not rewritten: the feedback joins as a file
+    frame = pd.concat([pd.read_parquet(f) for f in merged], ignore_index=True)
     assert list(frame.columns) == ["x", "c", "label"] and len(frame) == 4 and frame["label"].tolist() == [0, 1, 0, 1]
-    assert fingerprint([merged]).id != fingerprint(files).id
+    assert pq.read_schema(merged[1]) == pq.read_schema(files[0]).remove_metadata()
+    assert fingerprint(merged).id != fingerprint(files).id
     (tmp_path / "bad").mkdir()
     pd.DataFrame({"x": [1.0]}).to_parquet(tmp_path / "bad" / "feedback-2.parquet")
     with pytest.raises(DataSourceError, match="lack column"):

@@ -64,8 +64,11 @@ def test_metric_definitions():
     three = np.eye(3)[[0, 1, 2, 2]]
     assert classification_metrics(np.array([0, 1, 2, 2]), three)["f1"] == 1.0
     assert regression_metrics(np.array([1.0, 2.0]), np.array([2.0, 4.0])) == {"rmse": math.sqrt(2.5), "mae": 1.5}
-    assert baseline_metrics("classification", np.array([1, 1, 0]), y)["accuracy"] == 0.5
-    assert baseline_metrics("regression", np.array([2.0, 4.0]), np.array([3.0, 3.0]))["rmse"] == 0.0
+    assert baseline_metrics("classification", 1, y)["accuracy"] == 0.5
+    assert baseline_metrics("regression", 3.0, np.array([3.0, 3.0]))["rmse"] == 0.0
+    counts = {"no": 2.0, "yes": 5.0}  # the majority class from the train profile's counts, as its index
+    assert TargetEncoding("classification", classes=["no", "yes"]).constant_guess(counts, 0.0) == 1.0
+    assert TargetEncoding("regression", mean=2.5).constant_guess({}, 2.5) == 2.5
     assert metric_value("accuracy", y, perfect) == 1.0
     with pytest.raises(ValueError, match="unknown metric 'auc'"):
         metric_value("auc", y, perfect)

@@ -46,7 +46,7 @@ def test_shipped_tuning_spec_and_params():
 def test_concurrency_fits_trial_and_workers():
     cfg = ExperimentConfig().with_overrides(train={"num_workers": 2, "cpus_per_worker": 0.5},
                                             tune={"trial_cpus": 0.25})
-    assert max_concurrent_trials(cfg, {"CPU": 4}) == 3  # 1.25 CPU a trial
+    assert max_concurrent_trials(cfg, {"CPU": 4}) == 2  # 1.25 CPU a trial, 1 CPU left for Ray Data
     assert max_concurrent_trials(cfg.with_overrides(tune={"max_concurrent": 1}), {"CPU": 4}) == 1
     with pytest.raises(ValueError, match="one trial needs 1.25 CPUs"):
         max_concurrent_trials(cfg, {"CPU": 1})
