@@ -1,10 +1,10 @@
-# make install · demo · test · bench · lint · cluster-up · cluster-down · monitor-up · monitor-down · image
+# make install · demo · test · bench · bench-scale · lint · cluster-up · cluster-down · monitor-up · monitor-down · image
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps demo test test-fast bench lint cluster-up cluster-down monitor-up monitor-down image image-gpu clean
+.PHONY: install system-deps demo test test-fast bench bench-scale lint cluster-up cluster-down monitor-up monitor-down image image-gpu clean
 
 install: $(STAMP)
 
@@ -38,6 +38,10 @@ test-fast: install
 bench: install
 	$(PY) bench/serve_latency.py
 	$(PY) bench/serve_vs_fastapi.py
+
+ROWS ?= 1000000
+bench-scale: install  # the data plane: make bench-scale ROWS=10000000
+	$(PY) bench/scale.py --rows $(ROWS)
 
 # A local head node on loopback with the dashboard (Jobs API, `serve deploy`); Ray 2.60 wants a token
 # (~/.ray/auth_token, made here if missing). Sized like a private local Ray (ray_app/connect.py: local_cpus), so the

@@ -74,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                             f"the cluster can never meet stops at once (default {WAIT_S:g})")
         return p
 
-    stage("ingest", cmd_ingest, "read the data, fingerprint it and show its splits")
+    p = stage("ingest", cmd_ingest, "read the data, fingerprint it, split it once into the split cache and show "
+                                    "the splits")
+    p.add_argument("--clear-cache", action="store_true", help="delete every cached split under RAY_APP_STORAGE "
+                                                              "(they are rewritten on next use) and exit")
     p = training_stage("train", cmd_train, "train with Ray Train, log to MLflow and register a model version")
     p.add_argument("--run-name", help="Ray Train run name; re-using one resumes from its checkpoints")
     p.add_argument("--alias", help="also point this alias (e.g. challenger) at the new version")

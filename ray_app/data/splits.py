@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from ray_app.config import DataConfig
-from ray_app.data.sources import DatasetVersion, filesystem, read_dataset
+from ray_app.data.sources import DatasetVersion, filesystem, read_dataset, read_parquet
 
 logger = logging.getLogger(__name__)
 SPLITS = ("train", "val", "holdout")
@@ -129,13 +129,11 @@ class SplitCache:
     def read(self, name: str, fold: tuple[int, int] | None = None, keep_fold_key: bool = False):
         """A lazy Ray Dataset of one split's raw rows. With `fold=(k, i)`, val is the i-th of k folds of the rows
         outside holdout and train is the rest."""
-        import ray.data
-
         names = ["train", "val"] if fold is not None and name != "holdout" else [name]
         files = [f for n in names for f in self._files(n)]
         if not files:
             return _empty_like(self)
-        ds = ray.data.read_parquet(files, partitioning=None)
+        ds = read_parquet(files, partitioning=None)
         if fold is not None and name != "holdout":
             ds = ds.map_batches(_in_fold, fn_args=(name, *fold), batch_format="pandas")
         return ds if keep_fold_key else ds.drop_columns([FOLD_COLUMN])

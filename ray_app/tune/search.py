@@ -150,6 +150,8 @@ def run_tuning(cfg: ExperimentConfig, paths: RuntimePaths, name: str | None = No
     if not cfg.tune.space:
         raise UserError("the spec has no tune.space to search")
     data = prepare(cfg.data, paths)
+    for split in ("train", "val"):  # a small set is encoded once here, not once per trial
+        data.model_inputs(split)
     registry = registry or ModelRegistry.from_paths(paths)
     name = name or f"tune-{cfg.name}"
     parent = _parent_run(registry, cfg, data, name, resume)

@@ -34,6 +34,20 @@ def test_paired_bootstrap_is_paired_seeded_and_signed():
     assert np.all(paired_bootstrap("roc_auc", b, a, samples=200, seed=3) == -diffs)
 
 
+def test_paired_bootstrap_on_a_bounded_subsample():
+    rng = np.random.default_rng(0)
+    y, good = _scored(rng, n=4000, noise=0.4)
+    _, bad = _scored(np.random.default_rng(1), n=4000, noise=0.6)
+    a, b = Scored(y, good), Scored(y, bad)
+    whole = paired_bootstrap("accuracy", a, b, samples=200, seed=3)
+    sub = paired_bootstrap("accuracy", a, b, samples=200, seed=3, max_rows=400)
+    assert np.array_equal(sub, paired_bootstrap("accuracy", a, b, samples=200, seed=3, max_rows=400))
+    assert np.std(sub) > 2 * np.std(whole)  # ten times fewer rows: a CI about three times wider
+    assert abs(sub.mean() - whole.mean()) < 4 * np.std(sub)
+    assert np.array_equal(paired_bootstrap("accuracy", a, b, samples=50, seed=1, max_rows=10_000),
+                          paired_bootstrap("accuracy", a, b, samples=50, seed=1))  # more than n: all rows
+
+
 def test_paired_bootstrap_drops_resamples_where_the_metric_is_undefined():
     y = np.array([0] * 99 + [1])
     out = np.column_stack([np.full(100, 0.5), np.full(100, 0.5)])
