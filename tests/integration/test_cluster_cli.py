@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -84,7 +85,12 @@ def test_a_stage_with_local_runs_on_a_private_ray_next_to_the_cluster(ray_cluste
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "[ray] running on a private local Ray on 127.0.0.1" in done.stderr
-    assert json.loads(done.stdout[done.stdout.index("{"):])["dataset_version"]["num_rows"] == 569
+    report = json.loads(done.stdout[done.stdout.index("{"):])
+    assert report["dataset_version"]["num_rows"] == 569 and sum(report["splits"].values()) == 569
+    cleared = subprocess.run([str(BIN / "ray-app"), "ingest", "--clear-cache"], env=env, capture_output=True,
+                             text=True, timeout=120)
+    assert cleared.returncode == 0 and "removed 1 version(s)" in cleared.stdout, cleared.stdout + cleared.stderr
+    assert not Path(report["split_cache"]).exists()
 
 
 def test_ray_app_serve_behind_the_haproxy_ingress(champion, ray_cluster, tmp_path):

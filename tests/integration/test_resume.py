@@ -39,7 +39,7 @@ def _this_runs_workers() -> list[int]:
 def test_killed_worker_resumes_from_last_checkpoint(paths):
     cfg = small_config(data={"synthetic": {"rows": 12000, "drift": 0.0}},
                        train={"epochs": 8, "batch_size": 8, "max_failures": 2})
-    data = prepare(cfg.data, paths.data_dir)
+    data = prepare(cfg.data, paths)
     run_name = "killed-worker"
     outcome: dict = {}
 
