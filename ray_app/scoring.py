@@ -56,16 +56,17 @@ def score_dataset(bundles: list[ModelBundle], ds, max_actors: int = 2) -> list[S
 
     scored = ds.map_batches(_PairedScorer, fn_constructor_args=(bundles,), batch_format="pandas",
                             batch_size=SCORE_BATCH_ROWS, compute=ActorPoolStrategy(min_size=1, max_size=max_actors))
-    parts = list(scored.iter_batches(batch_format="pandas", batch_size=None))
-    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    columns: dict[str, list[np.ndarray]] = {}
+    for batch in scored.iter_batches(batch_format="numpy", batch_size=None):  # arrays only: no frame per batch
+        for name, values in batch.items():
+            columns.setdefault(name, []).append(values)
     results = []
     for i, bundle in enumerate(bundles):
-        columns = sorted((c for c in table.columns if c.startswith(f"out{i}_")), key=lambda c: int(c.rsplit("_")[1]))
-        if table.empty:
-            width = bundle.target.num_outputs if bundle.target.classes is not None else 1
-            results.append(Scored(np.zeros(0), np.zeros((0, width))))
+        width = bundle.target.num_outputs if bundle.target.classes is not None else 1
+        if not columns:
+            results.append(Scored(np.zeros(0), np.zeros((0, width)) if width > 1 else np.zeros(0)))
             continue
-        output = table[columns].to_numpy()
-        results.append(Scored(table[f"y{i}"].to_numpy(), output if bundle.target.classes is not None
-                              else output[:, 0]))
+        y = np.concatenate(columns.pop(f"y{i}"))
+        output = np.column_stack([np.concatenate(columns.pop(f"out{i}_{k}")) for k in range(width)])
+        results.append(Scored(y, output if bundle.target.classes is not None else output[:, 0]))
     return results

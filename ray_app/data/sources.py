@@ -242,17 +242,6 @@ def _file_stats(files: list[str]) -> list[tuple[str, int, int]]:
     return out
 
 
-def read_frame(files: list[str]) -> pd.DataFrame:
-    """Read Parquet or CSV files into one pandas DataFrame, without Ray (gates look at every row)."""
-    fmt = "parquet" if files[0].endswith(".parquet") else "csv"
-    try:
-        return pads.dataset(files, format=fmt).to_table().to_pandas()
-    except (pa.ArrowException, OSError) as exc:
-        detail = str(exc).strip().splitlines()[0][:200]
-        names = ", ".join(files[:3]) + (" ..." if len(files) > 3 else "")
-        raise DataSourceError(f"cannot read {names}: {detail}") from None
-
-
 def label_values(files: list[str], column: str, enough: int | None = None) -> list:
     """The distinct values of one column, streamed batch by batch without Ray (Parquet reads only that column);
     with `enough`, it stops as soon as that many have shown."""
