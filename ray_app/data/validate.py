@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ray_app.config import DataGateConfig
-from ray_app.data.preprocess import as_numbers, category_text
+from ray_app.data.preprocess import as_numbers, categories_as_text
 from ray_app.data.sources import FeatureSpec, is_numeric_type
 from ray_app.profiles import PROFILE_BATCH_ROWS, column_stats, merge_serialized, profile_frame
 
@@ -92,7 +92,7 @@ def gate_view(batch: pd.DataFrame, columns: GateColumns) -> tuple[pd.DataFrame, 
         if pd.api.types.is_float_dtype(values):
             finite = values.to_numpy(dtype=np.float64)
             facts["non_integer"][column] = int(np.count_nonzero(np.mod(finite[np.isfinite(finite)], 1)))
-        frame[column] = pd.Series([None if pd.isna(v) else category_text(v) for v in values.tolist()], dtype=object)
+        frame[column] = categories_as_text(values, missing=None)
     if columns.label in batch:
         labels = batch[columns.label].reset_index(drop=True)
         if columns.task == "classification":

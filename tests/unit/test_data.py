@@ -134,3 +134,18 @@ def test_feedback_rows_join_the_data_as_a_new_version(tmp_path):
     pd.DataFrame({"x": [1.0]}).to_parquet(tmp_path / "bad" / "feedback-2.parquet")
     with pytest.raises(DataSourceError, match="lack column"):
         source_files(DataConfig(source=files[0], feedback=str(tmp_path / "bad")), tmp_path / "data")
+
+
+def test_categories_as_text_in_bulk_match_category_text_per_value():
+    import pyarrow as pa
+
+    from ray_app.data.preprocess import MISSING, categories_as_text, category_text
+
+    columns = [pd.Series(["a", None, "b", np.nan], dtype=object), pd.Series(["a", None, "b"], dtype="string"),
+               pd.Series(["a", None, "b"], dtype=pd.ArrowDtype(pa.large_string())), pd.Series([1.0, None, 3.0]),
+               pd.Series([1, "x", None], dtype=object), pd.Series([True, False, None], dtype=object),
+               pd.Series([], dtype=object)]
+    for column in columns:
+        for missing in (MISSING, None):
+            expected = [missing if pd.isna(v) else category_text(v) for v in column.tolist()]
+            assert categories_as_text(column, missing).tolist() == expected, column.dtype
