@@ -73,13 +73,12 @@ class SplitCache:
 
     root: str
     version: DatasetVersion
-    label: str | None
 
     @classmethod
     def locate(cls, version: DatasetVersion, cfg: DataConfig, storage_path: str) -> SplitCache:
         settings = json.dumps([cfg.seed, cfg.val_fraction, cfg.holdout_fraction, cfg.label], default=str)
         key = hashlib.sha256(settings.encode()).hexdigest()[:8]
-        return cls(f"{storage_path.rstrip('/')}/{CACHE_FOLDER}/{version.id}-{key}", version, cfg.label)
+        return cls(f"{storage_path.rstrip('/')}/{CACHE_FOLDER}/{version.id}-{key}", version)
 
     def _split_root(self, name: str) -> str:
         return f"{self.root}/{SPLIT_COLUMN}={name}"
