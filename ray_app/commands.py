@@ -116,12 +116,12 @@ def cmd_aliases(s: Stage) -> int:
 
 
 def cmd_predict(s: Stage) -> int:
-    from ray_app.data.sources import FINGERPRINT_CACHE, fingerprint, resolve_files
+    from ray_app.data.sources import check_readable, resolve_files
     from ray_app.serve.batch import score_files
     from ray_app.serve.variant import RegistryLoader
 
     s.registry.resolve(s.args.model_uri)  # a wrong URI or a damaged file is one error line before Ray starts
-    fingerprint(resolve_files(s.args.input), s.paths.data_dir / FINGERPRINT_CACHE)
+    check_readable(resolve_files(s.args.input))
     connect_ray(s.paths)
     rows = score_files(s.args.input, s.args.output, s.args.model_uri, RegistryLoader(s.paths.tracking_uri),
                        concurrency=s.args.concurrency)
@@ -183,12 +183,12 @@ def cmd_rollout(s: Stage) -> int:
 
 
 def cmd_drift(s: Stage) -> int:
-    from ray_app.data.sources import FINGERPRINT_CACHE, fingerprint, read_dataset, resolve_files
+    from ray_app.data.sources import check_readable, read_dataset, resolve_files
     from ray_app.monitor.drift import compare_datasets, write_report
 
     files = [resolve_files(source) for source in (s.args.reference, s.args.current)]
     for found in files:  # a damaged file is one error line naming it, before Ray starts
-        fingerprint(found, s.paths.data_dir / FINGERPRINT_CACHE)
+        check_readable(found)
     connect_ray(s.paths)
     report, reference, current = compare_datasets(*(read_dataset(f) for f in files), s.cfg.monitor)
     written = write_report(report, reference, current, Path(s.args.output))

@@ -232,6 +232,16 @@ def fingerprint(files: list[str], cache_dir: Path | None = None) -> DatasetVersi
     return version
 
 
+def check_readable(files: list[str]) -> int:
+    """Read every file's Parquet footer (or parse its CSV) without hashing it; returns the rows. A file that cannot
+    be read is a DataSourceError naming it."""
+    rows = 0
+    for path in files:
+        fs, inner = filesystem(path)
+        rows += _checked_rows(fs, inner, path)
+    return rows
+
+
 def _file_stats(files: list[str]) -> list[tuple[str, int, int]]:
     out = []
     for path in sorted(files):

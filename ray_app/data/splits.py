@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 
-from ray_app.config import DataConfig
+from ray_app.config import DataConfig, UserError
 from ray_app.data.sources import DatasetVersion, filesystem, read_dataset, read_parquet
 
 logger = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ def _empty_like(cache: SplitCache):
             fs, inner = filesystem(files[0])
             schema = pq.read_schema(inner, filesystem=fs)
             return ray.data.from_arrow(schema.empty_table()).drop_columns([FOLD_COLUMN])
-    raise ValueError(f"the split cache {cache.root} holds no rows")
+    raise UserError(f"the split cache {cache.root} holds no rows: the data source has no labelled rows")
 
 
 def clear(storage_path: str) -> int:

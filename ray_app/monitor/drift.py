@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from scipy import stats
 
 from ray_app.config import MonitorConfig
+from ray_app.data.preprocess import categories_as_text
 from ray_app.data.sources import is_numeric_type
 from ray_app.profiles import ProfileReader, profile_dataset, profile_frame
 
@@ -152,25 +153,21 @@ def compare_profiles(reference: bytes, current: bytes, numeric: list[str], categ
     return report
 
 
+def _as_text(frame: pd.DataFrame, categorical: list[str]) -> pd.DataFrame:
+    """Categories as text, as training and serving read them; a null stays null."""
+    return frame.assign(**{c: categories_as_text(frame[c], missing=None).to_numpy() for c in categorical})
+
+
 def compare_frames(reference: pd.DataFrame, current: pd.DataFrame, settings: MonitorConfig) -> DriftReport:
     """Offline drift of two datasets: numeric columns by KS, the others by chi-square."""
     columns = [c for c in reference.columns if c in current.columns]
     numeric = [c for c in columns if pd.api.types.is_numeric_dtype(reference[c])]
     categorical = [c for c in columns if c not in numeric]
-
-    def as_text(frame: pd.DataFrame) -> pd.DataFrame:  # categories as text; a null stays null
-        return frame.assign(**{c: frame[c].map(lambda v: None if pd.isna(v) else str(v)) for c in categorical})
-
-    return compare_profiles(profile_frame(as_text(reference[columns])), profile_frame(as_text(current[columns])),
-                            numeric, categorical, settings)
+    return compare_profiles(profile_frame(_as_text(reference[columns], categorical)),
+                            profile_frame(_as_text(current[columns], categorical)), numeric, categorical, settings)
 
 
 PLOT_ROWS = 20_000  # rows of each side drawn for the report's histograms (the tests run on the whole profiles)
-
-
-def _as_text(batch: pd.DataFrame, categorical: list[str]) -> pd.DataFrame:
-    return batch.assign(**{c: batch[c].map(lambda v: None if pd.isna(v) else str(v)).astype(object)
-                           for c in categorical})
 
 
 def compare_datasets(reference, current, settings: MonitorConfig) -> tuple[DriftReport, pd.DataFrame, pd.DataFrame]:
