@@ -292,8 +292,9 @@ def split_data(cfg: DataConfig, paths: RuntimePaths) -> tuple[SplitCache, Featur
     """The data config's split cache (written on first use: one streaming pass) and its inferred spec."""
     version = fingerprint(source_files(cfg, paths.data_dir), paths.data_dir / FINGERPRINT_CACHE)
     spec = infer_spec(cfg, version.columns)
-    cache = SplitCache.locate(version, cfg.model_copy(update={"label": spec.label}), paths.storage_path)
-    counts = cache.ensure(cfg.model_copy(update={"label": spec.label}))
+    labelled = cfg.model_copy(update={"label": spec.label})
+    cache = SplitCache.locate(version, labelled, paths.storage_path)
+    counts = cache.ensure(labelled)
     if counts["train"] == 0:
         raise UserError("the train split is empty: the dataset is too small for the configured fractions")
     return cache, spec

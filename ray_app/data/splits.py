@@ -14,7 +14,15 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from ray_app.config import DataConfig, UserError
-from ray_app.data.sources import DatasetVersion, filesystem, read_dataset, read_parquet
+from ray_app.data.sources import (
+    DatasetVersion,
+    DataSourceError,
+    check_readable,
+    filesystem,
+    read_dataset,
+    read_parquet,
+    resolve_files,
+)
 
 logger = logging.getLogger(__name__)
 SPLITS = ("train", "val", "holdout")
@@ -101,35 +109,24 @@ class SplitCache:
             fs.delete_dir(inner)
         tagged = read_dataset(self.version.files).map_batches(_tag_rows, fn_args=(cfg,), batch_format="pandas")
         tagged.write_parquet(self.root, partition_cols=[SPLIT_COLUMN])
-        counts = {name: self._count(name) for name in SPLITS}
+        counts = {name: check_readable(self.files(name)) for name in SPLITS}
         with fs.open_output_stream(f"{inner}/{COMPLETE_MARKER}") as stream:
             stream.write(json.dumps({"version": self.version.id, "rows": counts}).encode())
         logger.info("split %s once: %s under %s", self.version.id, counts, self.root)
         return counts
 
-    def _files(self, name: str) -> list[str]:
-        fs, inner = filesystem(self._split_root(name))
-        if fs.get_file_info(inner).type == pafs.FileType.NotFound:
+    def files(self, name: str) -> list[str]:
+        """The Parquet files of one split (readable without Ray: pyarrow, pandas); none for an empty split."""
+        try:
+            return resolve_files(self._split_root(name))
+        except DataSourceError:  # no rows went to this split: Ray Data wrote no folder for it
             return []
-        infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
-        scheme = self.root.split("://", 1)[0] + "://" if "://" in self.root else ""
-        return sorted(scheme + i.path if scheme and not i.path.startswith(scheme) else i.path
-                      for i in infos if i.is_file and i.path.endswith(".parquet"))
-
-    def _count(self, name: str) -> int:
-        import pyarrow.parquet as pq
-
-        total = 0
-        for path in self._files(name):
-            fs, inner = filesystem(path)
-            total += pq.ParquetFile(fs.open_input_file(inner)).metadata.num_rows
-        return total
 
     def read(self, name: str, fold: tuple[int, int] | None = None, keep_fold_key: bool = False):
         """A lazy Ray Dataset of one split's raw rows. With `fold=(k, i)`, val is the i-th of k folds of the rows
         outside holdout and train is the rest."""
         names = ["train", "val"] if fold is not None and name != "holdout" else [name]
-        files = [f for n in names for f in self._files(n)]
+        files = [f for n in names for f in self.files(n)]
         if not files:
             return _empty_like(self)
         ds = read_parquet(files, partitioning=None)
@@ -153,14 +150,10 @@ class SplitCache:
         """Bytes on disk of some splits' Parquet files."""
         total = 0
         for name in names:
-            for path in self._files(name):
+            for path in self.files(name):
                 fs, inner = filesystem(path)
                 total += int(fs.get_file_info(inner).size or 0)
         return total
-
-    def files(self, name: str) -> list[str]:
-        """The Parquet files of one split (readable without Ray: pyarrow, pandas)."""
-        return self._files(name)
 
 
 def _empty_like(cache: SplitCache):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ray_app.data.sources import DataSourceError, read_dataset, resolve_files
+from ray_app.data.sources import DataSourceError, check_readable, read_dataset, resolve_files
 
 
 class BundlePredictor:
@@ -25,19 +25,11 @@ class BundlePredictor:
 
 def _written(output: str) -> dict[str, int]:
     """Rows per Parquet file under `output` (footers only)."""
-    import pyarrow.parquet as pq
-
-    from ray_app.data.sources import filesystem
-
     try:
         files = resolve_files(output)
     except DataSourceError:
         return {}
-    rows = {}
-    for path in files:
-        fs, inner = filesystem(path)
-        rows[path] = pq.ParquetFile(fs.open_input_file(inner)).metadata.num_rows
-    return rows
+    return {path: check_readable([path]) for path in files}
 
 
 def score_files(source: str, output: str, model_uri: str, loader, concurrency: int = 1,
