@@ -18,6 +18,7 @@ from ray_app.commands import (
     cmd_drift,
     cmd_export,
     cmd_gate,
+    cmd_incidents,
     cmd_ingest,
     cmd_pipeline,
     cmd_predict,
@@ -31,6 +32,7 @@ from ray_app.commands import (
     cmd_webhook,
 )
 from ray_app.config import ConfigError, ExitCode, ExperimentConfig, RuntimePaths, UserError
+from ray_app.loop import COOLDOWN_S
 from ray_app.resources import WAIT_S
 
 DEMO_PORT = 8000
@@ -112,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = training_stage("pipeline", cmd_pipeline, "validate -> train -> gate -> promote; exits at the first failed gate")
     p.add_argument("--canary", action="store_true", help="a challenger that passes the gate goes through a canary "
                                                          "rollout (the spec's rollout section) instead of promotion")
+    p.add_argument("--incident", help="the incident this run answers (the retrain webhook sets it): every step is "
+                                      "audited under it")
     p = stage("rollback", cmd_rollback, "move champion back to the previous version, with an audit record")
     p.add_argument("--model-name", help="registered model name (default: the spec's registry.model_name)")
     p.add_argument("--reason", default="manual rollback", help="why, for the audit log")
@@ -131,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
                                       "controls the rollout (bearer RAY_APP_ADMIN_TOKEN)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9095)
+    p.add_argument("--cooldown", type=float, default=COOLDOWN_S, metavar="SECONDS",
+                   help=f"after a retrain ends, new alerts wait this long (default {COOLDOWN_S:g})")
+    p = stage("incidents", cmd_incidents, "the retraining loop's incidents: alert, job, data gate, training, gate, "
+                                          "rollout and outcome, with the seconds from the alert to each")
+    p.add_argument("--id", help="one incident's whole chain, step by step")
+    p.add_argument("--json", action="store_true", help="print the summaries (or the chain's records) as JSON")
     p = stage("export", cmd_export, "export a model to ONNX or TorchScript with its preprocessor; parity-checked")
     p.add_argument("--model-uri", required=True)
     p.add_argument("--format", choices=["onnx", "torchscript"], required=True)

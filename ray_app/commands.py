@@ -155,7 +155,7 @@ def cmd_pipeline(s: Stage) -> int:
     from ray_app.pipeline import run_pipeline
 
     _connect_for_training(s)
-    code = run_pipeline(s.cfg, s.paths, canary=s.args.canary, registry=s.registry)
+    code = run_pipeline(s.cfg, s.paths, canary=s.args.canary, registry=s.registry, incident=s.args.incident)
     print(f"pipeline: {'PROMOTED' if code == ExitCode.OK else 'REJECTED'} (exit {code})")
     return code
 
@@ -201,7 +201,23 @@ def cmd_drift(s: Stage) -> int:
 def cmd_webhook(s: Stage) -> int:
     from ray_app.loop import serve_webhook
 
-    serve_webhook(s.cfg, s.paths, s.args.spec, s.args.host, s.args.port)
+    serve_webhook(s.cfg, s.paths, s.args.spec, s.args.host, s.args.port, s.args.cooldown)
+    return ExitCode.OK
+
+
+def cmd_incidents(s: Stage) -> int:
+    from ray_app.incidents import read_incidents, render_chain, render_incidents
+
+    incidents = read_incidents(s.paths.audit_log)
+    if s.args.id:
+        found = [i for i in incidents if i.id == s.args.id]
+        if not found:
+            known = ", ".join(i.id for i in incidents[-5:]) or "none yet"
+            print(f"error: no incident {s.args.id!r} in {s.paths.audit_log} (latest: {known})", file=sys.stderr)
+            return ExitCode.ERROR
+        print(json.dumps(found[0].records, indent=1, default=str) if s.args.json else render_chain(found[0]))
+        return ExitCode.OK
+    print(json.dumps([i.summary() for i in incidents], indent=1) if s.args.json else render_incidents(incidents))
     return ExitCode.OK
 
 

@@ -37,6 +37,8 @@ class SyntheticConfig(_Strict):
 
     rows: int = Field(2000, ge=10)
     drift: float = Field(0.0, ge=0.0, description="shift of the numeric means, in standard deviations")
+    concept_drift: float = Field(0.0, description="the label rule moves: x5, which had no effect on the label, "
+                                                  "takes this much off its logit per unit")
 
 
 class DataConfig(_Strict):
@@ -61,6 +63,9 @@ class DataConfig(_Strict):
     # train and val smaller than this on disk (Parquet) are encoded once and held in the object store for the run;
     # larger ones stream from the split cache every epoch (a fixed cost of a few seconds an epoch on a small machine)
     materialize_below_mb: float = Field(256.0, ge=0)
+    # Registration's holdout metrics read at most this many holdout rows (a seeded content-hash sample), so the
+    # driver holds a bounded number of scores whatever the data's size.
+    eval_rows: int = Field(200_000, ge=100)
 
 
 class ModelConfig(_Strict):

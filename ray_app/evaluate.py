@@ -51,16 +51,17 @@ def run_tags(cfg: ExperimentConfig, data: PreparedData, run_name: str) -> dict:
 
 def evaluate_and_register(cfg: ExperimentConfig, data: PreparedData, outcome: TrainOutcome,
                           registry: ModelRegistry, run_id: str) -> tuple[ModelRef, dict, dict]:
-    """Bundle a trained model, score it on the holdout (in the cluster) and a trivial baseline, log both, register
-    the bundle."""
+    """Bundle a trained model, score it on the holdout (in the cluster; at most `data.eval_rows` rows of it) and a
+    trivial baseline, log both, register the bundle."""
     bundle = build_bundle(data, outcome)
-    scored = score_dataset([bundle], data.raw("holdout"))[0]
+    scored = score_dataset([bundle], data.cache.subsample("holdout", cfg.data.eval_rows))[0]
     scores = scored_metrics(bundle, scored)
     guess = data.target.constant_guess(data.summary.label_counts, data.summary.label_mean)
     baseline = baseline_metrics(data.spec.task, guess, scored.y, data.target.num_outputs)
     bundle.metrics = {f"holdout_{k}": v for k, v in scores.items()}
     examples = data.raw("holdout").limit(5).to_pandas()[data.spec.features]
     ref = registry.log_bundle(run_id, bundle, cfg.registry.model_name, examples)
-    for key, value in {**bundle.metrics, **{f"baseline_{k}": v for k, v in baseline.items()}}.items():
+    logged = {**bundle.metrics, **{f"baseline_{k}": v for k, v in baseline.items()}, "holdout_rows_scored": len(scored)}
+    for key, value in logged.items():
         registry.client.log_metric(run_id, key, float(value))
     return ref, scores, baseline

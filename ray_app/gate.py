@@ -205,8 +205,9 @@ def evaluate_gate(challenger: ModelBundle, champion: ModelBundle | None, holdout
     return report
 
 
-def promote_if_better(registry: ModelRegistry, report: GateReport, name: str, version: str) -> bool:
+def promote_if_better(registry: ModelRegistry, report: GateReport, name: str, version: str,
+                      incident: str | None = None) -> bool:
     """Act on a gate report: promote when it passed, reject otherwise; `record_decision` audits either way."""
     registry.record_decision("promote" if report.passed else "reject", name, version, report.reason,
-                             **report.audit_details())
+                             **({"incident": incident} if incident else {}), **report.audit_details())
     return report.passed

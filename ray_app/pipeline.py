@@ -23,6 +23,7 @@ from ray_app.data.sources import (
 from ray_app.data.validate import DataReport, Reference, Violation, validate_dataset
 from ray_app.evaluate import evaluate_and_register, run_params, run_tags
 from ray_app.gate import GateReport, HoldoutEvidence, evaluate_gate, promote_if_better
+from ray_app.incidents import record_step
 from ray_app.package import ModelBundle
 from ray_app.registry import ModelRef, ModelRegistry
 from ray_app.scoring import score_dataset
@@ -42,12 +43,13 @@ class TrainingReport:
 
 
 def run_training(cfg: ExperimentConfig, paths: RuntimePaths, run_name: str | None = None,
-                 registry: ModelRegistry | None = None) -> TrainingReport:
+                 registry: ModelRegistry | None = None, incident: str | None = None) -> TrainingReport:
     """Data → Ray Train → holdout evaluation → MLflow run and a registered model version."""
     registry = registry or ModelRegistry.from_paths(paths)
     data = prepare(cfg.data, paths)
     run_name = run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_id = registry.start_run(cfg.registry.experiment, run_name, run_params(cfg), run_tags(cfg, data, run_name))
+    tags = {**run_tags(cfg, data, run_name), **({"incident": incident} if incident else {})}
+    run_id = registry.start_run(cfg.registry.experiment, run_name, run_params(cfg), tags)
     try:
         outcome = train(cfg, data, paths, run_name, paths.tracking_uri, run_id)
         ref, scores, baseline = evaluate_and_register(cfg, data, outcome, registry, run_id)
@@ -108,28 +110,40 @@ def run_gate(cfg: ExperimentConfig, paths: RuntimePaths, challenger_uri: str,
 
 
 def gate_and_promote(cfg: ExperimentConfig, paths: RuntimePaths, challenger_uri: str,
-                     registry: ModelRegistry | None = None) -> tuple[GateReport, ExitCode]:
+                     registry: ModelRegistry | None = None, incident: str | None = None) -> tuple[GateReport, ExitCode]:
     """The model gate, then promotion or rejection with its audit record; returns the exit code."""
     registry = registry or ModelRegistry.from_paths(paths)
     report, ref = run_gate(cfg, paths, challenger_uri, registry)
-    promoted = promote_if_better(registry, report, ref.name, ref.version)
+    promoted = promote_if_better(registry, report, ref.name, ref.version, incident=incident)
     return report, ExitCode.OK if promoted else ExitCode.REJECTED
 
 
 def run_pipeline(cfg: ExperimentConfig, paths: RuntimePaths, log=print, canary: bool = False,
-                 registry: ModelRegistry | None = None) -> ExitCode:
+                 registry: ModelRegistry | None = None, incident: str | None = None) -> ExitCode:
     """validate → train → gate → promote, stopping at the first failed gate with its exit code. With `canary`,
-    a challenger that passes the gate is not promoted here: a canary rollout (`cfg.rollout`) decides."""
+    a challenger that passes the gate is not promoted here: a canary rollout (`cfg.rollout`) decides. With an
+    `incident` (the retrain webhook's), every step is appended to the audit log under it."""
     registry = registry or ModelRegistry.from_paths(paths)
+
+    def step(action: str, **details) -> None:
+        if incident:
+            record_step(paths.audit_log, incident, action, model=cfg.registry.model_name, **details)
+
+    step("job-start", spec=cfg.name, canary=canary)
     data_report = run_data_gate(cfg, paths, registry=registry)
     log(data_report.render())
+    step("data-gate" if data_report.passed else "data-gate-failed", rows=data_report.rows,
+         violations=[f"{v.column}: {v.rule} {v.observed}, expected {v.expected}"
+                     for v in data_report.violations[:20]])
     if not data_report.passed:
         return ExitCode.REJECTED
-    report = run_training(cfg, paths, registry=registry)
+    report = run_training(cfg, paths, registry=registry, incident=incident)
     registry.set_alias(report.model.name, "challenger", report.model.version)
     log(f"trained {report.model.uri} (challenger): holdout {report.holdout}")
+    step("trained", version=report.model.version, dataset_version=report.dataset_version,
+         mlflow_run_id=report.mlflow_run_id, holdout=report.holdout)
     if not canary:
-        gate_report, code = gate_and_promote(cfg, paths, report.model.uri, registry)
+        gate_report, code = gate_and_promote(cfg, paths, report.model.uri, registry, incident)
         log(gate_report.render())
         return code
     from ray_app.rollout import RolloutController
@@ -137,8 +151,10 @@ def run_pipeline(cfg: ExperimentConfig, paths: RuntimePaths, log=print, canary: 
     gate_report, ref = run_gate(cfg, paths, report.model.uri, registry)
     log(gate_report.render())
     if not gate_report.passed:
-        registry.record_decision("reject", ref.name, ref.version, gate_report.reason, **gate_report.audit_details())
+        registry.record_decision("reject", ref.name, ref.version, gate_report.reason, incident=incident,
+                                 **gate_report.audit_details())
         return ExitCode.REJECTED
-    outcome = RolloutController(cfg, paths, registry=registry).run()
+    step("gate", version=ref.version, passed=True, reason=gate_report.reason)
+    outcome = RolloutController(cfg, paths, registry=registry, incident=incident).run()
     log(f"canary rollout of {ref.uri}: {outcome.decision} ({outcome.reason})")
     return ExitCode.OK if outcome.decision == "promoted" else ExitCode.REJECTED

@@ -203,8 +203,8 @@ class ModelRegistry:
 
     def record_audit(self, name: str, version: str, record: dict, log_path: Path) -> dict:
         """Append the record to the JSONL audit log and tag it on the model version and the model."""
-        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "model": name, "version": version,
-                  **record}
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ts": time.time(), "model": name,
+                  "version": version, **record}
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("a") as fh:
             fh.write(json.dumps(record, default=str) + "\n")

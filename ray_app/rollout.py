@@ -19,8 +19,9 @@ from typing import Literal
 import httpx
 
 from ray_app.config import ExperimentConfig, RolloutThresholds, RuntimePaths
+from ray_app.incidents import record_step
 from ray_app.registry import ModelRegistry
-from ray_app.serve.weights import WeightSetter, weight_setter
+from ray_app.serve.weights import ModelSwapper, WeightSetter, model_swapper, weight_setter
 
 logger = logging.getLogger(__name__)
 
@@ -165,16 +166,25 @@ class RolloutOutcome:
 
 
 class RolloutController:
-    """Runs `cfg.rollout` against a live router: weights through `set_weights`, metrics from Prometheus."""
+    """Runs `cfg.rollout` against a live router: weights through `set_weights`, metrics from Prometheus.
+
+    Where the target can also say which model a variant serves (Serve's REST API, a RayService), the challenger
+    variant is first switched to the version under test (at 0% of the traffic), and a promotion ends with the
+    champion variant (at 0% by then) serving it and taking the traffic back: the A/B app's `champion` always
+    serves the `champion` alias. Through the admin route only weights move, and each variant serves what it
+    loaded when it was deployed."""
 
     def __init__(self, cfg: ExperimentConfig, paths: RuntimePaths, set_weights: WeightSetter | None = None,
                  prometheus: Prometheus | None = None, sleep: Callable[[float], None] = time.sleep,
-                 registry: ModelRegistry | None = None):
+                 registry: ModelRegistry | None = None, incident: str | None = None,
+                 serve_model: ModelSwapper | None = None):
         spec = cfg.rollout
         self.spec, self.model_name, self.paths, self.sleep = spec, cfg.registry.model_name, paths, sleep
         self.prometheus = prometheus or Prometheus(spec.prometheus_url or paths.prometheus_url)
         self.set_weights = set_weights or weight_setter(spec, paths)
+        self.serve_model = serve_model or (None if set_weights else model_swapper(self.set_weights))
         self.registry = registry or ModelRegistry.from_paths(paths)
+        self.incident = incident
         self.state_file = paths.home / "rollouts" / f"{spec.experiment}.json"
 
     def weights(self, percent: float) -> dict[str, float]:
@@ -184,15 +194,23 @@ class RolloutController:
         uri = self.spec.challenger_uri or f"models:/{self.model_name}@challenger"
         return self.registry.resolve(uri).version
 
+    def version_uri(self, version: str) -> str:
+        return f"models:/{self.model_name}/{version}"
+
     def run(self) -> RolloutOutcome:
         version = self.challenger_version()
         self._write_state({"status": "running", "version": version, "steps": []})
+        if self.serve_model is not None:
+            self.set_weights(self.weights(0))
+            self.serve_model(self.spec.challenger, self.version_uri(version))
         history: list[dict] = []
         for percent in self.spec.steps:
             logger.info("rollout %s: challenger at %s%%", self.spec.experiment, percent)
             self.set_weights(self.weights(percent))
             result = self._analyse(percent)
             history.append(result.summary())
+            record_step(self.paths.audit_log, self.incident, "rollout-step", model=self.model_name, version=version,
+                        experiment=self.spec.experiment, **history[-1])
             if self._ended_elsewhere():  # `ray-app rollout --promote/--abort` decided while this step ran
                 return RolloutOutcome(self._read_state()["status"], "ended by a manual command", history, version)
             self._write_state({"status": "running", "version": version, "steps": history})
@@ -216,10 +234,15 @@ class RolloutController:
                           [f"not enough traffic: {challenger.requests:.0f} challenger requests < {t.min_requests}"])
 
     def promote(self, reason: str, history: list[dict] | None = None, version: str | None = None) -> RolloutOutcome:
-        """Challenger takes all traffic and the `champion` alias; audited."""
+        """Challenger takes all traffic and the `champion` alias; audited. Then, where variants can be told their
+        model, the champion variant serves it and takes the traffic back."""
         version = version or self.challenger_version()
         self.set_weights(self.weights(100))
-        return self._finish("promoted", reason, history or [], version)
+        outcome = self._finish("promoted", reason, history or [], version)
+        if self.serve_model is not None:
+            self.serve_model(self.spec.champion, self.version_uri(version))
+            self.set_weights(self.weights(0))
+        return outcome
 
     def abort(self, reason: str, history: list[dict] | None = None, version: str | None = None) -> RolloutOutcome:
         """Champion takes all traffic back; the challenger keeps its alias; audited with the reason."""
@@ -230,7 +253,7 @@ class RolloutController:
     def _finish(self, decision, reason: str, history: list[dict], version: str) -> RolloutOutcome:
         action = "rollout-promote" if decision == "promoted" else "rollout-rollback"
         self.registry.record_decision(action, self.model_name, version, reason, experiment=self.spec.experiment,
-                                      steps=history)
+                                      steps=history, **({"incident": self.incident} if self.incident else {}))
         self._write_state({"status": decision, "version": version, "reason": reason, "steps": history})
         logger.info("rollout %s: %s (%s)", self.spec.experiment, decision, reason)
         return RolloutOutcome(decision, reason, history, version)

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -135,6 +136,27 @@ def champion(paths):
     report = run_training(small_config(), paths, run_name="champion-run")
     ModelRegistry(paths.tracking_uri).set_alias(report.model.name, "champion", report.model.version)
     return report
+
+
+class LoadThreads:
+    """Background threads, each running `self._run(n)` until the `with` block ends (`self.stop` is set)."""
+
+    def __init__(self, threads: int):
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(n,)) for n in range(threads)]
+
+    def _run(self, n: int) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):

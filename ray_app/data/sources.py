@@ -57,10 +57,11 @@ class DatasetVersion(BaseModel):
     num_rows: int
 
 
-def synthetic_frame(rows: int, drift: float = 0.0, seed: int = 0) -> pd.DataFrame:
+def synthetic_frame(rows: int, drift: float = 0.0, seed: int = 0, concept_drift: float = 0.0) -> pd.DataFrame:
     """A seeded binary-classification table with numeric and categorical columns.
 
-    `drift` shifts every numeric mean by that many standard deviations; the label rule stays the same.
+    `drift` shifts every numeric mean by that many standard deviations (covariate shift: the label rule stays the
+    same); `concept_drift` changes the rule itself: x5, irrelevant before, lowers the logit by that much per unit.
     """
     rng = np.random.default_rng(seed)
     numeric = rng.normal(loc=drift, scale=1.0, size=(rows, 6))
@@ -70,7 +71,7 @@ def synthetic_frame(rows: int, drift: float = 0.0, seed: int = 0) -> pd.DataFram
     logit = (
         1.5 * numeric[:, 0] - 1.0 * numeric[:, 1] + 0.8 * numeric[:, 2] * numeric[:, 3]
         + segment_effect + 0.3 * (channel == "app") + rng.normal(scale=0.5, size=rows)
-    )
+    ) - concept_drift * numeric[:, 5]
     frame = pd.DataFrame(numeric, columns=[f"x{i}" for i in range(6)])
     frame["segment"] = segment
     frame["channel"] = channel
@@ -90,7 +91,7 @@ def _sklearn_frame(name: str) -> pd.DataFrame:
 def builtin_frame(cfg: DataConfig) -> pd.DataFrame:
     """The built-in set named by `cfg.source` as a DataFrame."""
     if cfg.source == "synthetic":
-        return synthetic_frame(cfg.synthetic.rows, cfg.synthetic.drift, cfg.seed)
+        return synthetic_frame(cfg.synthetic.rows, cfg.synthetic.drift, cfg.seed, cfg.synthetic.concept_drift)
     return _sklearn_frame(cfg.source)
 
 
@@ -98,7 +99,8 @@ def materialize_builtin(cfg: DataConfig, data_dir: Path) -> Path:
     """Write a built-in set to Parquet once, so that it is read and fingerprinted like any file."""
     suffix = ""
     if cfg.source == "synthetic":
-        suffix = f"-rows{cfg.synthetic.rows}-drift{cfg.synthetic.drift:g}-seed{cfg.seed}"
+        concept = f"-concept{cfg.synthetic.concept_drift:g}" if cfg.synthetic.concept_drift else ""
+        suffix = f"-rows{cfg.synthetic.rows}-drift{cfg.synthetic.drift:g}{concept}-seed{cfg.seed}"
     path = data_dir / f"{cfg.source}{suffix}.parquet"
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)

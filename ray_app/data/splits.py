@@ -134,14 +134,18 @@ class SplitCache:
             ds = ds.map_batches(_in_fold, fn_args=(name, *fold), batch_format="pandas")
         return ds if keep_fold_key else ds.drop_columns([FOLD_COLUMN])
 
-    def sample(self, name: str, rows: int) -> pd.DataFrame:
-        """A seeded, fixed sample of about `rows` rows of one split (all of it when smaller), picked by the rows'
-        content hash: the same data always gives the same sample, in the same order."""
+    def subsample(self, name: str, rows: int, keep_fold_key: bool = False):
+        """A lazy Ray Dataset of about `rows` rows of one split (all of it when smaller), picked by the rows'
+        content hash: the same data always gives the same rows."""
         total = (self.counts() or {}).get(name, 0)
         ds = self.read(name, keep_fold_key=True)
         if total > rows:
             ds = ds.map_batches(_keep_share, fn_args=(rows / total,), batch_format="pandas")
-        frame = ds.to_pandas()
+        return ds if keep_fold_key else ds.drop_columns([FOLD_COLUMN])
+
+    def sample(self, name: str, rows: int) -> pd.DataFrame:
+        """`subsample` as a DataFrame in this process, in a fixed order (for small samples: checks, plots)."""
+        frame = self.subsample(name, rows, keep_fold_key=True).to_pandas()
         if frame.empty:
             return frame.drop(columns=[FOLD_COLUMN], errors="ignore")
         return frame.sort_values(FOLD_COLUMN, kind="stable").drop(columns=[FOLD_COLUMN]).reset_index(drop=True)

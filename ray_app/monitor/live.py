@@ -45,6 +45,15 @@ class LiveProfiler:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def close(self) -> None:
+        """Stop the periodic flush and send what is buffered (the variant moved to another model)."""
+        if self.task is not None:
+            self.task.cancel()
+        if self.pending:
+            task = asyncio.get_running_loop().create_task(self.flush())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.settings.flush_s)

@@ -7,6 +7,7 @@ from ray.serve import Application
 
 from ray_app.config import ExperimentConfig, MonitorConfig, RuntimePaths, ServeSettings
 from ray_app.serve.variant import ModelVariant, RegistryLoader
+from ray_app.serve.weights import variant_deployment
 
 # Replicas run user code on their own event loop rather than Ray's default second thread: both deployments keep
 # CPU work off the loop (batching, `asyncio.to_thread`), and bench/serve_ab.py measured a cheaper router hop this
@@ -49,7 +50,7 @@ def variant_app(args: VariantArgs, loader=None, monitor: Application | None = No
     """Bind one ModelVariant; without a loader it reads the MLflow registry. With `monitor` (a bound
     DriftMonitor) it profiles what it serves."""
     loader = loader or RegistryLoader(args.tracking_uri or RuntimePaths.resolve().tracking_uri)
-    deployment = ModelVariant.options(name=f"variant-{args.variant}", num_replicas=args.num_replicas,
+    deployment = ModelVariant.options(name=variant_deployment(args.variant), num_replicas=args.num_replicas,
                                       ray_actor_options=replica_options(args.num_cpus))
     return deployment.bind(args.model_uri, loader, args.serve, args.variant, args.batching, monitor, args.monitor)
 

@@ -54,25 +54,48 @@ class ModelVariant:
                  monitor_settings: MonitorConfig | None = None):
         import torch
 
-        from ray_app.monitor.drift import StreamSchema
-        from ray_app.monitor.live import LiveProfiler
-
         torch.set_num_threads(1)  # small MLPs: one thread per replica beats oversubscribing the cores
-        self.bundle, self.ref = loader(model_uri)
-        self.model_uri, self.variant, self.batching = model_uri, variant, batching
+        self.loader, self.variant, self.batching = loader, variant, batching
+        self.monitor, self.monitor_settings = monitor, monitor_settings or MonitorConfig()
         self.settings = settings or ServeSettings()
         self._outputs_batched.set_max_batch_size(self.settings.max_batch_size)
         self._outputs_batched.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         self.profiler = None
-        if monitor is not None and self.bundle.reference_profile is not None:
-            schema = self.bundle.schema
+        self._use(*self._load(model_uri))
+
+    def _load(self, model_uri: str) -> tuple:
+        """Load `model_uri` with its fast path and live profiler (no event loop needed: runs in a thread too)."""
+        from ray_app.monitor.drift import StreamSchema
+        from ray_app.monitor.live import LiveProfiler
+
+        bundle, ref = self.loader(model_uri)
+        profiler = None
+        if self.monitor is not None and bundle.reference_profile is not None:
+            schema = bundle.schema
             stream = StreamSchema(numeric=schema.numeric, categorical=list(schema.categorical), label=schema.label,
                                   regression=schema.task == "regression")
-            self.profiler = LiveProfiler(monitor, self.ref.name, variant, self.bundle.reference_profile, stream,
-                                         monitor_settings or MonitorConfig())
-        path = (self.bundle.compile(self.settings.parity_tolerance) if self.settings.fast_path
+            profiler = LiveProfiler(self.monitor, ref.name, self.variant, bundle.reference_profile, stream,
+                                    self.monitor_settings)
+        path = (bundle.compile(self.settings.parity_tolerance) if self.settings.fast_path
                 else "slow path (transform_batch + torch): serve.fast_path is off")
-        logger.info("variant %s serving %s (%s) through the %s", variant, self.ref.uri, model_uri, path)
+        return model_uri, bundle, ref, profiler, path
+
+    def _use(self, model_uri: str, bundle: ModelBundle, ref: ModelRef, profiler, path: str) -> None:
+        """Serve the loaded model from the next request on."""
+        old, self.profiler = self.profiler, profiler
+        self.bundle, self.ref, self.model_uri = bundle, ref, model_uri
+        if old is not None:
+            old.close()
+        logger.info("variant %s serving %s (%s) through the %s", self.variant, ref.uri, model_uri, path)
+
+    async def reconfigure(self, config: dict) -> None:
+        """`user_config: {model_uri: ...}` swaps the model (a rollout serves a new challenger, or the promoted one
+        as champion); requests are answered by the old model until the new one is loaded. Serve 2.60 rolls the
+        replicas to new ones when it changes (seen in tests/e2e/test_closed_loop.py), so the rollout controller
+        swaps a variant only while it takes no traffic."""
+        model_uri = (config or {}).get("model_uri")
+        if model_uri and model_uri != self.model_uri:
+            self._use(*await asyncio.to_thread(self._load, model_uri))
 
     def describe(self) -> dict:
         return {"variant": self.variant, "model_uri": self.model_uri, "model": self.ref.uri}

@@ -1,9 +1,12 @@
-"""Where an ABRouter's weights are set: Serve's REST API, the router's admin route, or a KubeRay RayService."""
+"""Where an ABRouter's weights are set (Serve's REST API, the router's admin route, or a KubeRay RayService) and,
+through the first and the last, which model version each variant serves."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import time
+from collections.abc import Callable
 from typing import Protocol
 
 import httpx
@@ -16,30 +19,51 @@ class WeightSetter(Protocol):
     def __call__(self, weights: dict[str, float]) -> None: ...
 
 
-def set_router_weights(applications: list[dict], app: str, deployment: str, weights: dict[str, float]) -> None:
-    """Put `weights` into the router's `user_config` of `app` in a Serve config's applications, in place."""
+ModelSwapper = Callable[[str, str], None]  # (variant, model URI): that variant serves that model from now on
+
+
+def variant_deployment(variant: str) -> str:
+    """The Serve deployment name of an A/B app's variant (`ray_app.serve.app.variant_app`)."""
+    return f"variant-{variant}"
+
+
+def set_user_config(applications: list[dict], app: str, deployment: str, **fields) -> None:
+    """Merge `fields` into a deployment's `user_config` of `app` in a Serve config's applications, in place."""
     config = next((c for c in applications if c["name"] == app), None)
     if config is None:
         raise RuntimeError(f"no Serve application {app!r} in the config (there are: "
                            f"{', '.join(c['name'] for c in applications) or 'none'})")
-    router = next((d for d in config.get("deployments", []) if d["name"] == deployment), None)
-    if router is None:
-        router = {"name": deployment}
-        config.setdefault("deployments", []).append(router)
-    router["user_config"] = {**(router.get("user_config") or {}), "weights": weights}
+    entry = next((d for d in config.get("deployments", []) if d["name"] == deployment), None)
+    if entry is None:
+        entry = {"name": deployment}
+        config.setdefault("deployments", []).append(entry)
+    entry["user_config"] = {**(entry.get("user_config") or {}), **fields}
 
 
 class ServeConfigWeights:
-    """Edits the router's `user_config` in the live declarative Serve config and redeploys it, as `serve deploy`
-    would: durable across replica restarts, reconfigured in place."""
+    """Edits `user_config`s in the live declarative Serve config and redeploys it, as `serve deploy` would:
+    durable across replica restarts, reconfigured in place. Called with weights, it sets the router's; with
+    `serve_model`, a variant's model."""
 
-    def __init__(self, dashboard_url: str, app: str, deployment: str):
+    def __init__(self, dashboard_url: str, app: str, deployment: str, ready_timeout_s: float = 120.0):
         self.dashboard_url, self.app, self.deployment = dashboard_url, app, deployment
+        self.ready_timeout_s = ready_timeout_s
 
     def __call__(self, weights: dict[str, float]) -> None:
+        self._deploy(self.deployment, weights=weights)
+
+    def serve_model(self, variant: str, model_uri: str) -> None:
+        """The variant loads `model_uri` in place; returns once its replicas are healthy again."""
+        self._deploy(variant_deployment(variant), model_uri=model_uri)
+        self._wait_healthy(variant_deployment(variant))
+
+    def _client(self):
         from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
-        client = ServeSubmissionClient(self.dashboard_url)
+        return ServeSubmissionClient(self.dashboard_url)
+
+    def _deploy(self, deployment: str, **fields) -> None:
+        client = self._client()
         details = client.get_serve_details()
         # Only declaratively deployed apps are in the config; a deploy leaves `serve.run` apps alone.
         configs = [a["deployed_app_config"] for a in details.get("applications", {}).values()
@@ -47,10 +71,21 @@ class ServeConfigWeights:
         if self.app not in {c["name"] for c in configs}:
             raise RuntimeError(f"Serve app {self.app!r} was not deployed from a config file (serve deploy); "
                                "use rollout.target.via: admin")
-        set_router_weights(configs, self.app, self.deployment, weights)
+        set_user_config(configs, self.app, deployment, **fields)
         http = {k: v for k, v in (details.get("http_options") or {}).items() if k in ("host", "port")}
         client.deploy_applications({"proxy_location": details.get("proxy_location", "EveryNode"),
                                     "http_options": http, "applications": configs})
+
+    def _wait_healthy(self, deployment: str) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        time.sleep(1.0)  # the controller takes the new config asynchronously
+        while time.monotonic() < deadline:
+            app = self._client().get_serve_details().get("applications", {}).get(self.app, {})
+            state = app.get("deployments", {}).get(deployment, {})
+            if app.get("status") == "RUNNING" and state.get("status") == "HEALTHY":
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.app}/{deployment} did not become healthy in {self.ready_timeout_s:g} s")
 
 
 class AdminRouteWeights:
@@ -85,9 +120,16 @@ class RayServiceWeights:
         return done.stdout
 
     def __call__(self, weights: dict[str, float]) -> None:
+        self._patch(self.deployment, weights=weights)
+
+    def serve_model(self, variant: str, model_uri: str) -> None:
+        """The variant loads `model_uri` in place once KubeRay applies the change."""
+        self._patch(variant_deployment(variant), model_uri=model_uri)
+
+    def _patch(self, deployment: str, **fields) -> None:
         resource = json.loads(self._kubectl("get", "rayservice", self.name, "--output", "json"))
         config = yaml.safe_load(resource["spec"]["serveConfigV2"])
-        set_router_weights(config.get("applications", []), self.app, self.deployment, weights)
+        set_user_config(config.get("applications", []), self.app, deployment, **fields)
         # resourceVersion makes the patch fail, rather than overwrite, if someone changed the resource meanwhile
         patch = {"metadata": {"resourceVersion": resource["metadata"]["resourceVersion"]},
                  "spec": {"serveConfigV2": yaml.safe_dump(config, sort_keys=False)}}
@@ -101,3 +143,9 @@ def weight_setter(spec: RolloutConfig, paths: RuntimePaths) -> WeightSetter:
     if target.via == "rayservice":
         return RayServiceWeights(target.rayservice, target.namespace, target.app, target.deployment)
     return ServeConfigWeights(paths.dashboard_url, target.app, target.deployment)
+
+
+def model_swapper(setter: WeightSetter) -> ModelSwapper | None:
+    """How the target's variants are told which model to serve; None where only weights can be set (the admin
+    route changes one router replica, not the variants)."""
+    return getattr(setter, "serve_model", None)

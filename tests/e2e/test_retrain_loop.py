@@ -12,81 +12,24 @@ import time
 import httpx
 import pandas as pd
 import pytest
-import yaml
 from ray import serve
 
 from ray_app.config import MonitorConfig
-from ray_app.loop import RayJobs, RetrainWebhook, webhook_app
+from ray_app.loop import RayJobs, RetrainWebhook
 from ray_app.monitor.exporter import EXPORTED
 from ray_app.monitor.service import DriftMonitor
 from ray_app.serve.app import VariantArgs, variant_app
-from tests.conftest import (
-    ADMIN_TOKEN,
-    FAST_METRICS,
-    ROOT,
-    SERVE_PORT,
-    free_port,
-    start_prometheus,
-    start_service,
-    stop_service,
-    tool,
-    wait_until,
-)
+from tests.conftest import FAST_METRICS, SERVE_PORT, wait_until
+from tests.e2e.stack import alert_stack, drift_alerts
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 
 @pytest.fixture
 def alerting(ray_cluster, paths, tmp_path):
-    """Prometheus (shipped drift rules, durations scaled) -> Alertmanager (shipped route) -> the retrain webhook."""
-    import uvicorn
-
-    am_port, hook_port = free_port(), free_port()
-    rules = (ROOT / "cluster" / "prometheus" / "rules" / "drift.yml").read_text().replace("for: 10m", "for: 4s")
-    (tmp_path / "drift.yml").write_text(rules)
-    am = yaml.safe_load((ROOT / "cluster" / "alertmanager" / "alertmanager.yml").read_text())
-    am["route"].update(group_wait="1s", group_interval="2s", repeat_interval="3s")  # re-sends, to be de-duplicated
-    am["receivers"][1]["webhook_configs"][0]["url"] = f"http://127.0.0.1:{hook_port}/alerts"
-    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(am))
-    (tmp_path / "webhook_token").write_text(ADMIN_TOKEN)
-
     webhook = RetrainWebhook(paths, jobs=RayJobs(ray_cluster["dashboard"]))
-    calls: list[int] = []
-    app = webhook_app(webhook, ADMIN_TOKEN)
-
-    async def counting(scope, receive, send):
-        if scope["type"] == "http" and scope["path"] == "/alerts":
-            calls.append(1)
-        await app(scope, receive, send)
-
-    server = uvicorn.Server(uvicorn.Config(counting, host="127.0.0.1", port=hook_port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: _up(f"http://127.0.0.1:{hook_port}/healthz"), 30, what="the webhook")
-    am_proc = start_service([tool("prometheus-alertmanager"), f"--config.file={tmp_path / 'alertmanager.yml'}",
-                             f"--storage.path={tmp_path / 'am'}", f"--web.listen-address=127.0.0.1:{am_port}",
-                             "--cluster.listen-address="], f"http://127.0.0.1:{am_port}/-/ready",
-                            tmp_path / "alertmanager.log")
-    prom_url, prom_proc = start_prometheus(
-        tmp_path, ray_cluster["metrics"], rule_files=[str(tmp_path / "drift.yml")],
-        alerting={"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]})
-    yield {"prometheus": prom_url, "webhook": webhook, "calls": calls}
-    stop_service(prom_proc)
-    stop_service(am_proc)
-    server.should_exit = True
-    thread.join(timeout=30)
-
-
-def _up(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _alerts(prometheus: str, state: str) -> list[dict]:
-    alerts = httpx.get(f"{prometheus}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
-    return [a for a in alerts if a["labels"]["alertname"] == "FeatureDriftPersistent" and a["state"] == state]
+    with alert_stack(ray_cluster, tmp_path, webhook) as stack:
+        yield {**stack, "webhook": webhook}
 
 
 def test_injected_drift_reaches_the_webhook_once_and_submits_one_retraining_job(champion, alerting, paths, tmp_path):
@@ -116,13 +59,13 @@ def test_injected_drift_reaches_the_webhook_once_and_submits_one_retraining_job(
     sender.start()
     try:
         time.sleep(10)  # five stationary windows: no alert, no job
-        early = _alerts(alerting["prometheus"], "firing") + _alerts(alerting["prometheus"], "pending")
+        early = drift_alerts(alerting["prometheus"], "firing") + drift_alerts(alerting["prometheus"], "pending")
         assert not early and alerting["calls"] == [], early
         phase["frame"] = shifted
         wait_until(lambda: (paths.home / "webhook" / "last_job.json").exists(), 120, what="a retraining job")
         time.sleep(8)  # Alertmanager re-sends the firing group every few seconds meanwhile
         names = set(httpx.get(f"{alerting['prometheus']}/api/v1/label/__name__/values", timeout=10).json()["data"])
-        firing = _alerts(alerting["prometheus"], "firing")  # before the app goes: its gauges go with it
+        firing = drift_alerts(alerting["prometheus"], "firing")  # before the app goes: its gauges go with it
     finally:
         stop.set()
         sender.join(timeout=60)

@@ -77,6 +77,9 @@ def test_a_multi_file_dataset_is_split_once_and_read_lazily(paths, tmp_path):
     sample = data.cache.sample("holdout", 50)
     assert 20 <= len(sample) <= 90 and sample.equals(data.cache.sample("holdout", 50))  # seeded, fixed
     assert _rows(sample) <= _rows(holdout)
+    lazy = data.cache.subsample("holdout", 50).to_pandas()  # what registration scores: the same rows, streamed
+    assert _rows(lazy) == _rows(sample) and FOLD_COLUMN not in lazy.columns
+    assert len(data.cache.subsample("holdout", 10_000).to_pandas()) == len(holdout)
 
 
 def test_cv_folds_are_disjoint_and_cover_train_and_val(paths):

@@ -1,7 +1,6 @@
 """Canary rollouts against a live ABRouter, analysed in a real Prometheus scraping this Ray cluster."""
 
 import random
-import threading
 
 import httpx
 import pandas as pd
@@ -12,7 +11,7 @@ from ray import serve
 from ray_app.registry import ModelRegistry, read_audit
 from ray_app.rollout import RolloutController
 from ray_app.serve.router import ABRouter
-from tests.conftest import ADMIN_TOKEN, FAST_METRICS, ROOT, SERVE_PORT, small_config, wait_until
+from tests.conftest import ADMIN_TOKEN, FAST_METRICS, ROOT, SERVE_PORT, LoadThreads, small_config, wait_until
 from tests.integration.test_ab import _deploy, _ok, champion_and_misbehaving
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
@@ -36,14 +35,13 @@ def versions(champion, paths):
             "rows": data[bundle.schema.features], "labels": data[bundle.schema.label].tolist()}
 
 
-class Traffic:
+class Traffic(LoadThreads):
     """Steady load from background threads: random users, and the true label posted back for each answer."""
 
     def __init__(self, url: str, versions: dict, threads: int = 2):
+        super().__init__(threads)
         self.url, self.versions = url, versions
         self.outcomes: list[tuple[int, str]] = []
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(n,)) for n in range(threads)]
 
     def _run(self, n: int) -> None:
         rows, labels, rng = self.versions["rows"], self.versions["labels"], random.Random(n)
@@ -60,15 +58,6 @@ class Traffic:
                 except httpx.HTTPError as exc:
                     self.outcomes.append((0, type(exc).__name__))
 
-    def __enter__(self) -> "Traffic":
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=60)
 
 
 def rollout_config(experiment: str, prometheus: str, **target):

@@ -65,6 +65,7 @@ def dashboard_exprs() -> list[tuple[str, str]]:
         board = json.loads(path.read_text())
         exprs += [(path.name, t["expr"]) for p in board["panels"] for t in p["targets"]]
         exprs += [(path.name, v["query"]["query"]) for v in board["templating"]["list"]]
+        exprs += [(path.name, a["expr"]) for a in board.get("annotations", {}).get("list", [])]
     return exprs
 
 
