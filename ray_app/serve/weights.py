@@ -76,13 +76,17 @@ class ServeConfigWeights:
         client.deploy_applications({"proxy_location": details.get("proxy_location", "EveryNode"),
                                     "http_options": http, "applications": configs})
 
-    def _wait_healthy(self, deployment: str) -> None:
-        deadline = time.monotonic() + self.ready_timeout_s
-        time.sleep(1.0)  # the controller takes the new config asynchronously
-        while time.monotonic() < deadline:
+    def _wait_healthy(self, deployment: str, unseen_update_s: float = 5.0) -> None:
+        """Until the deployment is healthy after its update: the controller takes a config asynchronously, so a
+        HEALTHY seen before any UPDATING counts only after `unseen_update_s`."""
+        start = time.monotonic()
+        updating = False
+        while time.monotonic() - start < self.ready_timeout_s:
             app = self._client().get_serve_details().get("applications", {}).get(self.app, {})
-            state = app.get("deployments", {}).get(deployment, {})
-            if app.get("status") == "RUNNING" and state.get("status") == "HEALTHY":
+            healthy = (app.get("status") == "RUNNING"
+                       and app.get("deployments", {}).get(deployment, {}).get("status") == "HEALTHY")
+            updating = updating or not healthy
+            if healthy and (updating or time.monotonic() - start >= unseen_update_s):
                 return
             time.sleep(0.5)
         raise RuntimeError(f"{self.app}/{deployment} did not become healthy in {self.ready_timeout_s:g} s")
