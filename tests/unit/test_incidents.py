@@ -45,10 +45,13 @@ def test_outcomes_and_open_incidents(tmp_path):
     record_step(log, "inc-c", "alert", trigger="t")
     record_step(log, "inc-c", "data-gate-failed", violations=["x0: range"])
     _write(log, [{"ts": 2e9, "time": "x", "action": "reject", "incident": "inc-d"}])
+    _write(log, [{"ts": 2e9 - 100, "time": "x", "action": "alert", "incident": "inc-d"}])
     outcomes = {i.id: i.outcome for i in read_incidents(log)}
     assert outcomes == {"inc-b": "open", "inc-c": "rejected by the data gate", "inc-d": "rejected by the model gate"}
     open_one = next(i for i in read_incidents(log) if i.id == "inc-b")
     assert open_one.offsets()["outcome"] is None and open_one.offsets()["job"] >= 0
+    rejected = next(i for i in read_incidents(log) if i.id == "inc-d")
+    assert rejected.offsets()["gate"] == rejected.offsets()["outcome"] == 100  # a rejection is the gate's decision
     assert render_incidents([]).startswith("no incidents yet")
 
 
