@@ -33,6 +33,7 @@ def alerting(ray_cluster, paths, tmp_path):
 
 
 def test_injected_drift_reaches_the_webhook_once_and_submits_one_retraining_job(champion, alerting, paths, tmp_path):
+    started_ms = time.time() * 1000  # jobs of earlier tests in the session (the closed loop's) are not this one's
     settings = MonitorConfig(window_s=2, flush_rows=25, flush_s=0.25, min_rows=50)
     args = VariantArgs(model_uri=champion.model.uri, tracking_uri=paths.tracking_uri, variant="live",
                        monitor=settings)
@@ -70,7 +71,8 @@ def test_injected_drift_reaches_the_webhook_once_and_submits_one_retraining_job(
         stop.set()
         sender.join(timeout=60)
         serve.delete("loop")
-    submitted = [j for j in jobs.client.list_jobs() if (j.metadata or {}).get("trigger") == "alertmanager"]
+    submitted = [j for j in jobs.client.list_jobs()
+                 if (j.metadata or {}).get("trigger") == "alertmanager" and (j.start_time or 0) >= started_ms]
     for job in submitted:  # the retrain itself is not under test here: stop it before it loads the machine
         jobs.client.stop_job(job.submission_id)
         wait_until(lambda job=job: jobs.status(job.submission_id) not in ("PENDING", "RUNNING"), 120,
