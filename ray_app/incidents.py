@@ -1,7 +1,8 @@
 """Incidents: one turn of the retraining loop, from the alert that started it to the promotion or rejection it
 ended in, under one id.
 
-The webhook opens an incident for each alert it acts on and names the job after it; every stage of that job
+The audit log itself (append, read) lives here too: a module light enough for the CLI to import. The webhook
+opens an incident for each alert it acts on and names the job after it; every stage of that job
 appends its step to the audit log with the same `incident` field (decisions keep their usual records, with the
 id added), and the job's MLflow run carries it as a tag. `ray-app incidents` reads the chain back.
 """
@@ -33,15 +34,26 @@ def retrain_job_id(incident: str) -> str:
     return f"retrain-{incident}"
 
 
-def record_step(audit_log: Path, incident: str | None, action: str, **details) -> dict:
-    """Append one step of an incident to the audit log (the decisions go through `ModelRegistry.record_decision`,
-    which writes the same kind of line)."""
-    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ts": time.time(), "action": action,
-              "incident": incident, **details}
+def append_audit(audit_log: Path, record: dict) -> dict:
+    """Append one record to the JSONL audit log, stamped with the time (UTC, and epoch seconds in `ts`)."""
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ts": time.time(), **record}
     audit_log.parent.mkdir(parents=True, exist_ok=True)
     with audit_log.open("a") as fh:
         fh.write(json.dumps(record, default=str) + "\n")
     return record
+
+
+def read_audit(audit_log: Path) -> list[dict]:
+    """Every record of the append-only audit log, oldest first."""
+    if not audit_log.exists():
+        return []
+    return [json.loads(line) for line in audit_log.read_text().splitlines() if line.strip()]
+
+
+def record_step(audit_log: Path, incident: str | None, action: str, **details) -> dict:
+    """Append one step of an incident to the audit log (the decisions go through `ModelRegistry.record_decision`,
+    which writes the same kind of line)."""
+    return append_audit(audit_log, {"action": action, "incident": incident, **details})
 
 
 @dataclass
@@ -101,8 +113,6 @@ def _ts(record: dict) -> float:
 
 def read_incidents(audit_log: Path) -> list[Incident]:
     """Every incident in the audit log, oldest first."""
-    from ray_app.registry import read_audit  # MLflow is slow to import: the CLI imports this module
-
     grouped: dict[str, list[dict]] = {}
     for record in read_audit(audit_log):
         if record.get("incident"):

@@ -15,6 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ray_app.config import RuntimePaths, UserError
+from ray_app.incidents import append_audit
 from ray_app.package import ModelBundle
 
 BUNDLE_ARTIFACT = "bundle"
@@ -203,20 +204,10 @@ class ModelRegistry:
 
     def record_audit(self, name: str, version: str, record: dict, log_path: Path) -> dict:
         """Append the record to the JSONL audit log and tag it on the model version and the model."""
-        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ts": time.time(), "model": name,
-                  "version": version, **record}
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("a") as fh:
-            fh.write(json.dumps(record, default=str) + "\n")
+        record = append_audit(log_path, {"model": name, "version": version, **record})
         payload = json.dumps(record, default=str)[:5000]
         self.client.set_model_version_tag(name, version, f"audit.{record['action']}.{int(time.time() * 1000)}",
                                           payload)
         self.client.set_registered_model_tag(name, "audit.last", payload)
         return record
 
-
-def read_audit(log_path: Path) -> list[dict]:
-    """Every record of the append-only audit log, oldest first."""
-    if not log_path.exists():
-        return []
-    return [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]

@@ -7,8 +7,9 @@ import yaml
 from ray_app.cli import main
 from ray_app.config import ExitCode
 from ray_app.data.sources import synthetic_frame
+from ray_app.incidents import read_audit
 from ray_app.pipeline import gate_and_promote, run_gate, run_training
-from ray_app.registry import ModelRegistry, read_audit
+from ray_app.registry import ModelRegistry
 from tests.conftest import small_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

@@ -8,7 +8,8 @@ import pytest
 import yaml
 from ray import serve
 
-from ray_app.registry import ModelRegistry, read_audit
+from ray_app.incidents import read_audit
+from ray_app.registry import ModelRegistry
 from ray_app.rollout import RolloutController
 from ray_app.serve.router import ABRouter
 from tests.conftest import ADMIN_TOKEN, FAST_METRICS, ROOT, SERVE_PORT, LoadThreads, small_config, wait_until

@@ -4,7 +4,8 @@ and reach the audit log. A real MLflow registry (SQLite in a temporary folder), 
 import pytest
 
 from ray_app.config import RuntimePaths
-from ray_app.registry import ModelRegistry, read_audit
+from ray_app.incidents import read_audit
+from ray_app.registry import ModelRegistry
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import time
 import pytest
 
 from ray_app.config import RuntimePaths
+from ray_app.incidents import read_audit
 from ray_app.loop import RetrainWebhook
-from ray_app.registry import read_audit
 
 
 class RecordedJobs:
