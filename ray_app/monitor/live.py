@@ -41,18 +41,19 @@ class LiveProfiler:
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._run())
         elif self.rows >= self.settings.flush_rows and not self._flushing:
-            task = asyncio.get_running_loop().create_task(self.flush())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._flush_soon()
 
     def close(self) -> None:
         """Stop the periodic flush and send what is buffered (the variant moved to another model)."""
         if self.task is not None:
             self.task.cancel()
         if self.pending:
-            task = asyncio.get_running_loop().create_task(self.flush())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.flush())
+        self._tasks.add(task)  # keep a reference until done
+        task.add_done_callback(self._tasks.discard)
 
     async def _run(self) -> None:
         while True:

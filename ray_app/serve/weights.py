@@ -42,8 +42,8 @@ def set_user_config(applications: list[dict], app: str, deployment: str, **field
 
 class ServeConfigWeights:
     """Edits `user_config`s in the live declarative Serve config and redeploys it, as `serve deploy` would:
-    durable across replica restarts, reconfigured in place. Called with weights, it sets the router's; with
-    `serve_model`, a variant's model."""
+    durable across replica restarts. Called with weights, it sets the router's (reconfigured in place); with
+    `serve_model`, a variant's model (Serve 2.60 rolls that variant's replicas)."""
 
     def __init__(self, dashboard_url: str, app: str, deployment: str, ready_timeout_s: float = 120.0):
         self.dashboard_url, self.app, self.deployment = dashboard_url, app, deployment
@@ -53,7 +53,7 @@ class ServeConfigWeights:
         self._deploy(self.deployment, weights=weights)
 
     def serve_model(self, variant: str, model_uri: str) -> None:
-        """The variant loads `model_uri` in place; returns once its replicas are healthy again."""
+        """The variant serves `model_uri`; returns once its replicas are healthy again."""
         self._deploy(variant_deployment(variant), model_uri=model_uri)
         self._wait_healthy(variant_deployment(variant))
 
@@ -127,7 +127,7 @@ class RayServiceWeights:
         self._patch(self.deployment, weights=weights)
 
     def serve_model(self, variant: str, model_uri: str) -> None:
-        """The variant loads `model_uri` in place once KubeRay applies the change."""
+        """The variant serves `model_uri` once KubeRay applies the change."""
         self._patch(variant_deployment(variant), model_uri=model_uri)
 
     def _patch(self, deployment: str, **fields) -> None:
