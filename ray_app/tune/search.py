@@ -124,11 +124,16 @@ def build_tuner(cfg: ExperimentConfig, data: PreparedData, paths: RuntimePaths, 
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     concurrent = max_concurrent_trials(cfg, ray.cluster_resources())
     tune_cfg: TuneConfig = cfg.tune
+    space = tune_space(tune_cfg.space)
     if tune_cfg.algorithm == "optuna":
-        search = ConcurrencyLimiter(OptunaSearch(seed=tune_cfg.seed), max_concurrent=concurrent)
+        # The space lives in the searcher, not in the Tuner's param_space: Tuner.restore rebuilds the searcher from
+        # the copy pickled at the start and fills it from the saved search state, and a searcher that Tune gave
+        # its space later was seen (once, in CI) restored without it ("no search space has been defined").
+        optuna = OptunaSearch(OptunaSearch.convert_search_space(space), metric=metric, mode=mode,
+                              seed=tune_cfg.seed)
+        search, space = ConcurrencyLimiter(optuna, max_concurrent=concurrent), {}
     else:
         search = BasicVariantGenerator(max_concurrent=concurrent, random_state=tune_cfg.seed)
-    space = tune_space(tune_cfg.space)
     if tune_cfg.algorithm == "grid":
         space = {key: tune.grid_search(dist.values) for key, dist in tune_cfg.space.items()}
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
