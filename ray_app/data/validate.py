@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,13 +47,15 @@ class DataReport:
     source: str
     rows: int
     violations: list[Violation]
+    seconds: float | None = None  # the profiling pass over a Ray Dataset, when there was one
 
     @property
     def passed(self) -> bool:
         return not self.violations
 
     def render(self) -> str:
-        head = f"data gate: {self.source} ({self.rows} rows): {'PASSED' if self.passed else 'FAILED'}"
+        took = f", profiled in {self.seconds:.1f} s" if self.seconds is not None else ""
+        head = f"data gate: {self.source} ({self.rows} rows{took}): {'PASSED' if self.passed else 'FAILED'}"
         if self.passed:
             return head
         width = max(len(v.column) for v in self.violations)
@@ -97,7 +101,7 @@ def gate_view(batch: pd.DataFrame, columns: GateColumns) -> tuple[pd.DataFrame, 
         labels = batch[columns.label].reset_index(drop=True)
         if columns.task == "classification":
             facts["labels"] = {str(k): int(v) for k, v in labels.dropna().astype(str).value_counts().items()}
-            frame[columns.label] = pd.Series([None if pd.isna(v) else str(v) for v in labels.tolist()], dtype=object)
+            frame[columns.label] = labels.astype(str).astype(object).where(labels.notna().to_numpy(), None)
         else:
             frame[columns.label] = as_numbers(labels)
     return frame, facts
@@ -163,8 +167,11 @@ def validate_dataset(ds, types: dict[str, str], spec: FeatureSpec, gate: DataGat
             facts = add_facts(facts, json.loads(row["facts"]))
             yield row["profile"]
 
+    start = time.perf_counter()
     profile = merge_serialized(profiles()) or profile_frame(pd.DataFrame())
-    return validate_profile(profile, facts, columns, spec, gate, reference, source)
+    seconds = time.perf_counter() - start
+    return dataclasses.replace(validate_profile(profile, facts, columns, spec, gate, reference, source),
+                               seconds=seconds)
 
 
 def validate_profile(profile: bytes, facts: dict, columns: GateColumns, spec: FeatureSpec, gate: DataGateConfig,

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from ray_app import profiles
 
@@ -24,20 +25,49 @@ def _counts(data: bytes) -> dict:
             or {} for col, stats in summary.items()}
 
 
-def test_vectorised_sorting_keeps_whylogs_counts(monkeypatch):
+def test_vectorised_sorting_keeps_whylogs_counts():
     frame = _frame()
     fast = profiles.profile_frame(frame)
+    from whylogs.core.metrics.metrics import FrequentItemsMetric
     from whylogs.core.preprocessing import PreprocessedColumn
 
-    vectorised = PreprocessedColumn._pandas_split
-    assert vectorised.vectorised
-    original = vectorised.__closure__[0].cell_contents
-    monkeypatch.setattr(PreprocessedColumn, "_pandas_split", original)
-    monkeypatch.setattr(profiles, "_vectorised_split", lambda split: split)  # the adapter must not patch it again
-    own = profiles.profile_frame(frame)
-    assert PreprocessedColumn._pandas_split is original
+    speedups = PreprocessedColumn._pandas_split, FrequentItemsMetric.columnar_update
+    with profiles.whylogs_own_code():
+        assert PreprocessedColumn._pandas_split is not speedups[0]
+        assert FrequentItemsMetric.columnar_update is not speedups[1]
+        own = profiles.profile_frame(frame)
+    assert (PreprocessedColumn._pandas_split, FrequentItemsMetric.columnar_update) == speedups
     assert _counts(fast) == _counts(own)
     assert _counts(fast)["a"]["counts/inf"] > 0 and _counts(fast)["s"]["counts/null"] > 0
+
+
+def _sketches(data: bytes, column: str, items: bool = True) -> dict:
+    summary = profiles.profile_summary(data)[column]
+    keep = ("counts/", "types/", "cardinality/") + (("frequent_items/",) if items else ())
+    return {k: v for k, v in summary.items() if k.startswith(keep)}
+
+
+def test_text_columns_counted_once_per_value_give_whylogs_own_sketches():
+    rng = np.random.default_rng(2)
+    n = 5000
+    prefix = "p" * 128  # cut to 128 characters, these two are one frequent item
+    frame = pd.DataFrame({
+        "colour": rng.choice(["red", "green", "blue", "grey"], n, p=[0.5, 0.3, 0.15, 0.05]).astype(object),
+        "long": rng.choice([prefix + "a", prefix + "b", "short"], n).astype(object),
+        "id": pd.Series([f"user-{i}" for i in rng.permutation(n)], dtype=object),  # more than the sketch holds
+        "mixed": pd.Series(["x", 1, "y", None] * (n // 4), dtype=object),  # numbers and text in one column
+    })
+    frame.loc[::9, "colour"] = None
+    fast = profiles.profile_frame(frame)
+    with profiles.whylogs_own_code():
+        own = profiles.profile_frame(frame)
+    for column in ("colour", "long", "mixed"):
+        assert _sketches(fast, column) == _sketches(own, column), column
+    assert _sketches(fast, "id", items=False) == _sketches(own, "id", items=False)
+    assert profiles.ProfileReader(fast).counts("long") == {prefix: pytest.approx((frame["long"] != "short").sum()),
+                                                          "short": pytest.approx((frame["long"] == "short").sum())}
+    summary = profiles.profile_summary(fast)["colour"]
+    assert summary["counts/null"] == len(frame[::9]) and 3.9 < summary["cardinality/est"] < 4.1
 
 
 def test_block_profiles_merge_to_the_whole():
