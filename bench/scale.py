@@ -65,15 +65,18 @@ class Sample:
     spilled_mib: int = 0
 
 
-def spilled_mib(log: Path) -> int:
-    """The most the object store said it had spilled ("Spilled N MiB, ..." lines of Ray's in the stage's output)."""
-    found = [int(m) for m in re.findall(r"Spilled (\d+) MiB", log.read_text(errors="replace"))]
+def spilled_mib(log: Path, home_logs: Path, since: float) -> int:
+    """The most the object store said it had spilled ("Spilled N MiB, ..." lines of Ray's in the stage's output,
+    or in the stage's own log under `$RAY_APP_HOME/logs`, where the console keeps Ray's output)."""
+    texts = [log.read_text(errors="replace")]
+    texts += [f.read_text(errors="replace") for f in home_logs.glob("*.log") if f.stat().st_mtime >= since]
+    found = [int(m) for text in texts for m in re.findall(r"Spilled (\d+) MiB", text)]
     return max(found, default=0)
 
 
 def run_measured(cmd: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT) -> Sample:
     """Run a command, polling the RSS of it and of all its descendants every 0.2 s; the peaks in GB."""
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
         root = psutil.Process(proc.pid)
@@ -87,7 +90,9 @@ def run_measured(cmd: list[str], env: dict[str, str], log: Path, cwd: Path = ROO
             driver_peak, tree_peak = max(driver_peak, driver), max(tree_peak, tree)
             time.sleep(0.2)
         code = proc.wait()
-    return Sample(time.perf_counter() - start, driver_peak / 1e9, tree_peak / 1e9, code, spilled_mib(log))
+    home_logs = Path(env.get("RAY_APP_HOME", log.parent)) / "logs"
+    return Sample(time.perf_counter() - start, driver_peak / 1e9, tree_peak / 1e9, code,
+                  spilled_mib(log, home_logs, started_at))
 
 
 def _rss(process: psutil.Process) -> int:

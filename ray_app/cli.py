@@ -32,6 +32,7 @@ from ray_app.commands import (
     cmd_webhook,
 )
 from ray_app.config import ConfigError, ExitCode, ExperimentConfig, RuntimePaths, UserError
+from ray_app.console import log_file_for, quiet_console
 from ray_app.loop import COOLDOWN_S
 from ray_app.resources import WAIT_S
 
@@ -66,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--local", action="store_true", help="run on a private local Ray, not the cluster in "
                                                             "RAY_ADDRESS or one started by `ray start`")
         p.add_argument("--debug", action="store_true", help="print the traceback of any error, not only of bugs")
+        p.add_argument("-v", "--verbose", action="store_true", help="print Ray's, MLflow's and the workers' output "
+                                                                  "here instead of in $RAY_APP_HOME/logs")
         p.set_defaults(func=func)
         return p
 
@@ -158,7 +161,12 @@ def main(argv: list[str] | None = None) -> int:
         paths = RuntimePaths.resolve().ensure()
         if args.local:
             paths = paths.model_copy(update={"local_ray": True})
-        return args.func(Stage(args, cfg, paths))
+        if args.verbose:
+            return args.func(Stage(args, cfg, paths))
+        log_file = log_file_for(args.command, paths.home / "logs")
+        with quiet_console(log_file):
+            print(f"[logs] {log_file} (-v prints them here)", file=sys.stderr)
+            return args.func(Stage(args, cfg, paths.model_copy(update={"log_file": log_file})))
     except Exception as exc:  # an error is exit 2, never 1 (which means "rejected by a gate")
         mistake = user_mistake(exc)
         if mistake is None or args.debug:

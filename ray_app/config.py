@@ -356,6 +356,7 @@ class RuntimePaths(_Strict):
     prometheus_url: str = "http://127.0.0.1:9090"
     admin_token: str | None = Field(None, repr=False)
     object_store_mb: int | None = None  # a private local Ray's object store; None: Ray's default (30% of memory)
+    log_file: Path | None = None  # a CLI stage's log (Ray's and MLflow's output); None: all on the terminal
 
     @property
     def data_dir(self) -> Path:

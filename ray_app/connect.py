@@ -9,6 +9,7 @@ import socket
 import sys
 
 from ray_app.config import RuntimePaths, UserError
+from ray_app.console import quiet_loggers, route_worker_output
 
 FIX = ("start it (`make cluster-up`), or clear a dead session with `ray stop --force`, or run this stage on a "
        "private local Ray with --local (RAY_APP_LOCAL_RAY=1)")
@@ -68,6 +69,8 @@ def connect_ray(paths: RuntimePaths, dashboard: bool = False) -> str:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     if ray.is_initialized():
         return "the Ray this process already joined"
+    if paths.log_file is not None:
+        quiet_loggers(paths.log_file)  # what importing Ray added: ray.init logs too
     address, source = None, ""
     if not paths.local_ray:
         if paths.ray_address:
@@ -89,4 +92,7 @@ def connect_ray(paths: RuntimePaths, dashboard: bool = False) -> str:
         where = "a private local Ray on 127.0.0.1"
     print(f"[ray] running on {where}", file=sys.stderr)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    if paths.log_file is not None:
+        quiet_loggers(paths.log_file)  # what importing Ray Data added
+        route_worker_output(paths.log_file)
     return where

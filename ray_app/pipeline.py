@@ -139,7 +139,8 @@ def run_pipeline(cfg: ExperimentConfig, paths: RuntimePaths, log=print, canary: 
         return ExitCode.REJECTED
     report = run_training(cfg, paths, registry=registry, incident=incident)
     registry.set_alias(report.model.name, "challenger", report.model.version)
-    log(f"trained {report.model.uri} (challenger): holdout {report.holdout}")
+    shown = {name: round(value, 4) for name, value in report.holdout.items()}
+    log(f"trained {report.model.uri} (challenger): holdout {shown}")
     step("trained", version=report.model.version, dataset_version=report.dataset_version,
          mlflow_run_id=report.mlflow_run_id, holdout=report.holdout)
     if not canary:

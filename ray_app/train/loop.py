@@ -13,8 +13,9 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from ray_app.console import progress_line
 from ray_app.data.preprocess import FEATURES_COLUMN, TARGET_COLUMN
-from ray_app.metrics import classification_metrics, regression_metrics
+from ray_app.metrics import PRIMARY_METRIC, classification_metrics, regression_metrics
 from ray_app.telemetry import HeldGauges
 from ray_app.train.model import MLPSpec, TabularMLP
 
@@ -150,7 +151,8 @@ def train_loop_per_worker(config: dict) -> None:
     logger = None
     if rank == 0 and settings.tracking_uri and settings.mlflow_run_id:
         logger = _MlflowEpochLogger(settings.tracking_uri, settings.mlflow_run_id)
-    run = settings.mlflow_run_id or ray.train.get_context().get_experiment_name()
+    experiment = ray.train.get_context().get_experiment_name()
+    run = settings.mlflow_run_id or experiment
     gauges = _EpochGauges(run) if rank == 0 else None
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -180,5 +182,8 @@ def train_loop_per_worker(config: dict) -> None:
             logger.log(metrics, step=epoch)
         if gauges is not None:
             gauges.set(metrics)
+            primary = f"val_{PRIMARY_METRIC[settings.task]}"
+            shown = {"train_loss": train_loss, **({primary: metrics[primary]} if primary in metrics else {})}
+            print(progress_line(experiment, epoch + 1, settings.epochs, shown), flush=True)
     if gauges is not None:
         gauges.held.stop()

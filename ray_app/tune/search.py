@@ -145,7 +145,9 @@ def build_tuner(cfg: ExperimentConfig, data: PreparedData, paths: RuntimePaths, 
         tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=search, scheduler=scheduler,
                                     num_samples=tune_cfg.num_samples, time_budget_s=tune_cfg.time_budget_s,
                                     max_concurrent_trials=concurrent),
-        run_config=tune.RunConfig(name=name, storage_path=paths.storage_path),
+        # Quiet console: the trials' epoch lines say how the search goes, Tune's status tables stay out of it
+        run_config=tune.RunConfig(name=name, storage_path=paths.storage_path,
+                                  verbose=0 if paths.log_file is not None else None),
     )
 
 

@@ -4,7 +4,9 @@ date (refused until excluded), an integer-coded category, a boolean, a constant 
 `ray-app drift` flags a jump in one column's null share."""
 
 import json
+import re
 import subprocess
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -42,6 +44,12 @@ def promoted(ray_cluster, paths, tmp_path_factory) -> dict:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "feature 'constant' is constant in the train split: dropped" in done.stderr
     assert "pipeline: PROMOTED" in done.stdout, done.stdout[-3000:]
+    # The quiet console: the stage's own lines and one progress line per epoch; Ray's and the workers' output in
+    # the log file it names
+    console = done.stdout + done.stderr
+    assert len(console.splitlines()) <= 50 and "[##########] 6/6 train_loss" in done.stdout, console
+    log_file = Path(re.search(r"^\[logs\] (\S+)", done.stderr, re.M).group(1))
+    assert "RayTrainWorker" in log_file.read_text() and "RayTrainWorker" not in console
     bundle, ref = ModelRegistry(paths.tracking_uri).load_bundle(f"models:/{MODEL}@champion")
     return {"table": table, "bundle": bundle, "ref": ref, "folder": folder, "stdout": done.stdout}
 
