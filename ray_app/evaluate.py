@@ -3,13 +3,25 @@ ModelBundle with its reference profile, the MLflow run's params and lineage tags
 
 from __future__ import annotations
 
+import yaml
+
 from ray_app.config import ExperimentConfig
 from ray_app.data.preprocess import PreparedData, fitted_categories
 from ray_app.metrics import baseline_metrics, classification_metrics, regression_metrics
 from ray_app.package import FeatureSchema, ModelBundle
 from ray_app.registry import ModelRef, ModelRegistry, git_sha
+from ray_app.reports import (
+    ModelFacts,
+    bootstrap_interval,
+    classification_plots,
+    model_card,
+    regression_plots,
+    training_curves,
+)
 from ray_app.scoring import Scored, score_dataset
 from ray_app.train.trainer import TrainOutcome
+
+CARD_ARTIFACT, SPEC_ARTIFACT = "model_card.md", "experiment.yaml"
 
 
 def scored_metrics(bundle: ModelBundle, scored: Scored) -> dict[str, float]:
@@ -64,4 +76,29 @@ def evaluate_and_register(cfg: ExperimentConfig, data: PreparedData, outcome: Tr
     logged = {**bundle.metrics, **{f"baseline_{k}": v for k, v in baseline.items()}, "holdout_rows_scored": len(scored)}
     for key, value in logged.items():
         registry.client.log_metric(run_id, key, float(value))
+    log_version_report(cfg, data, bundle, ref, scored, scores, baseline, registry)
     return ref, scores, baseline
+
+
+def log_version_report(cfg: ExperimentConfig, data: PreparedData, bundle: ModelBundle, ref: ModelRef,
+                       scored: Scored, scores: dict, baseline: dict, registry: ModelRegistry) -> None:
+    """The version's plots (holdout scores, training curves), its spec and its model card on its run; the
+    registry version's description points to the card."""
+    classes = bundle.target.classes
+    plots = (classification_plots(scored.y, scored.output, [str(c) for c in classes]) if classes is not None
+             else regression_plots(scored.y, scored.output))
+    history = registry.epoch_history(ref.run_id)
+    if history:
+        plots["training_curves.png"] = training_curves(history)
+    facts = ModelFacts(name=ref.name, version=ref.version, run_id=ref.run_id, task=data.spec.task,
+                       label=data.spec.label, classes=[str(c) for c in classes] if classes is not None else None,
+                       dataset_version=data.version.id, source=cfg.data.source, git_sha=git_sha(),
+                       params=run_params(cfg), holdout=scores, baseline=baseline, holdout_rows=len(scored),
+                       interval=bootstrap_interval(data.spec.task, scored.y, scored.output, cfg.data.seed),
+                       spec_artifact=SPEC_ARTIFACT)
+    files = {f"plots/{name}": png for name, png in plots.items()}
+    files[SPEC_ARTIFACT] = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    files[CARD_ARTIFACT] = model_card(facts, sorted(plots))
+    registry.log_files(ref.run_id, files)
+    registry.client.update_model_version(ref.name, ref.version, description=(
+        f"Model card: runs:/{ref.run_id}/{CARD_ARTIFACT} (plots under plots/, the spec in {SPEC_ARTIFACT})"))

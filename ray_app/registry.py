@@ -123,6 +123,24 @@ class ModelRegistry:
             )
         return ModelRef(model_name, str(info.registered_model_version), run_id)
 
+    def log_files(self, run_id: str, files: dict[str, bytes | str]) -> None:
+        """Log files (relative artifact path -> content) on a run."""
+        with tempfile.TemporaryDirectory() as folder:
+            for name, content in files.items():
+                path = Path(folder) / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(content.encode() if isinstance(content, str) else content)
+            self.client.log_artifacts(run_id, folder)
+
+    def epoch_history(self, run_id: str) -> dict[str, list[tuple[int, float]]]:
+        """The run's metrics logged at more than one step (the training loop's per-epoch figures)."""
+        history = {}
+        for key in self.client.get_run(run_id).data.metrics:
+            points = [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
+            if len(points) > 1:
+                history[key] = points
+        return history
+
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(name, alias, version)
 

@@ -1,6 +1,9 @@
 """Ray Train with two workers, logged and registered in a real MLflow SQLite store."""
 
+from pathlib import Path
+
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from ray_app.registry import ModelRegistry
@@ -35,6 +38,23 @@ def test_run_records_params_metrics_lineage_and_model(champion, paths):
     assert bundle.reference_profile and set(bundle.schema.categorical) == {"segment", "channel"}
     version = client.get_model_version(champion.model.name, champion.model.version)
     assert version.run_id == champion.mlflow_run_id
+
+
+def test_a_registered_version_carries_its_plots_spec_and_model_card(champion, paths, tmp_path):
+    client = MlflowClient(paths.tracking_uri)
+    run_id = champion.mlflow_run_id
+    plots = {f.path for f in client.list_artifacts(run_id, "plots")}
+    assert plots == {f"plots/{name}.png" for name in ("roc", "pr", "confusion", "calibration", "training_curves")}
+    for path in plots:
+        assert Path(client.download_artifacts(run_id, path, str(tmp_path))).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    card = Path(client.download_artifacts(run_id, "model_card.md", str(tmp_path))).read_text()
+    assert f"# {champion.model.name} version {champion.model.version}" in card
+    assert champion.dataset_version in card and "95% bootstrap interval [" in card
+    assert "![roc.png](plots/roc.png)" in card
+    spec = yaml.safe_load(Path(client.download_artifacts(run_id, "experiment.yaml", str(tmp_path))).read_text())
+    assert spec["train"]["num_workers"] == 2 and "ray-app train --spec experiment.yaml" in card
+    version = client.get_model_version(champion.model.name, champion.model.version)
+    assert f"runs:/{run_id}/model_card.md" in version.description
 
 
 @pytest.mark.slow
