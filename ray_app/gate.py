@@ -15,6 +15,8 @@ from ray_app.package import EXPORT_FILES, ModelBundle, export_model, parity_erro
 from ray_app.registry import ModelRegistry
 from ray_app.scoring import Scored, score_frame
 
+GATE_REPORT_ARTIFACT = "gate_report.md"  # on the challenger's run: the last gate's report on that version
+
 
 @dataclass(frozen=True)
 class Check:
@@ -62,6 +64,24 @@ class GateReport:
                   for c in self.checks]
         lines.append(f"  reason: {self.reason}")
         return "\n".join(lines)
+
+    def markdown(self) -> str:
+        """The report as the challenger's run keeps it: the decision, both models' holdout figures side by side,
+        and every check."""
+        verdict = "PROMOTE" if self.passed else "REJECT"
+        metrics = sorted({key.split("_", 1)[1] for key in self.figures if key.startswith(("challenger_", "champion_"))})
+
+        def shown(key: str) -> str:
+            return f"{self.figures[key]:.4f}" if key in self.figures else "-"
+
+        lines = [f"# Model gate: {verdict}", "",
+                 f"{self.challenger} against {self.champion or 'no champion'} on holdout `{self.holdout_version}` "
+                 f"({int(self.figures.get('holdout_rows', 0))} rows): {self.reason}.", "",
+                 "| holdout | challenger | champion |", "|---|---|---|",
+                 *(f"| {m} | {shown(f'challenger_{m}')} | {shown(f'champion_{m}')} |" for m in metrics), "",
+                 "| check | result | observed | needs |", "|---|---|---|---|",
+                 *(f"| {c.name} | {'ok' if c.passed else 'NO'} | {c.observed} | {c.threshold} |" for c in self.checks)]
+        return "\n".join(lines) + "\n"
 
 
 def paired_bootstrap(metric: str, a: Scored, b: Scored, samples: int, seed: int = 0,
@@ -175,7 +195,8 @@ def evaluate_gate(challenger: ModelBundle, champion: ModelBundle | None, holdout
         report.checks.append(_bound_check(f"floor {metric_label(name, classes)}", name, got, floor, f"{got:.4f}"))
     if champion is not None and holdout.champion is not None:
         base = holdout.champion
-        report.figures[f"champion_{metric}"] = metric_value(metric, base.y, base.output)
+        for name in {metric, *cfg.floors}:
+            report.figures[f"champion_{name}"] = metric_value(name, base.y, base.output)
         diffs = paired_bootstrap(metric, scored, base, cfg.bootstrap_samples, max_rows=cfg.bootstrap_rows)
         gains = diffs if higher else -diffs
         low, high = np.quantile(gains, [cfg.alpha / 2, 1 - cfg.alpha / 2])
@@ -210,4 +231,6 @@ def promote_if_better(registry: ModelRegistry, report: GateReport, name: str, ve
     """Act on a gate report: promote when it passed, reject otherwise; `record_decision` audits either way."""
     registry.record_decision("promote" if report.passed else "reject", name, version, report.reason,
                              **({"incident": incident} if incident else {}), **report.audit_details())
+    registry.log_files(registry.client.get_model_version(name, version).run_id,
+                       {GATE_REPORT_ARTIFACT: report.markdown()})
     return report.passed

@@ -161,8 +161,9 @@ def model_card(facts: ModelFacts, plots: list[str]) -> str:
         *(f"| {k} | {v} |" for k, v in sorted(facts.params.items())), "",
         "## Plots", "", *(f"![{name}](plots/{name})" for name in plots), "",
         "## Gates", "",
-        "The model gate's decision on this version is in the audit log (`ray-app incidents`, `$RAY_APP_HOME/"
-        "audit.jsonl`) and in the version's tags once it is gated.", "",
+        "Once gated, `gate_report.md` beside this card holds the model gate's last report on this version "
+        "(its figures beside the champion's, every check); every decision is in the audit log "
+        "(`$RAY_APP_HOME/audit.jsonl`) and in the version's tags.", "",
         "## Reproduce", "",
         "```",
         f"git checkout {facts.git_sha}",

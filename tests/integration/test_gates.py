@@ -1,5 +1,7 @@
 """Gates and promotion on real registered models: reject worse, promote better, audit both, roll back."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import yaml
@@ -73,6 +75,12 @@ def test_promotion_lifecycle(versions, paths):
     assert all(r["actor"] and r["time"] for r in records)
     tags = registry.client.get_model_version(NAME, v2.version).tags
     assert any(key.startswith("audit.reject.") for key in tags)
+    rejected = Path(registry.client.download_artifacts(v2.run_id, "gate_report.md", str(paths.home / "v2-gate")))
+    text = rejected.read_text()  # the challenger's run keeps the report: figures side by side, every check
+    assert text.startswith("# Model gate: REJECT") and f"against {v1.uri}" in text
+    roc = next(line for line in text.splitlines() if line.startswith("| roc_auc |"))
+    assert roc.count("0.") == 2, roc  # the challenger's and the champion's
+    assert "| better than champion (roc_auc) | NO |" in text and "| monotonic x0 | ok |" in text
 
     spec = _write_spec(cfg, paths.home / "gate-spec.yaml")
     assert main(["rollback", "--spec", str(spec), "--reason", "test"]) == 0
