@@ -16,6 +16,7 @@ from ray_app.commands import (
     cmd_aliases,
     cmd_demo,
     cmd_drift,
+    cmd_explain,
     cmd_export,
     cmd_gate,
     cmd_incidents,
@@ -148,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-uri", required=True)
     p.add_argument("--format", choices=["onnx", "torchscript"], required=True)
     p.add_argument("--output", required=True, help="folder to write the bundle and the exported model into")
+    p = stage("explain", cmd_explain, "feature attributions (Integrated Gradients) of a model on rows of a dataset: "
+                                      "a table and a bar chart")
+    p.add_argument("--model-uri", required=True)
+    p.add_argument("--data", required=True, help="Parquet/CSV file or folder with the model's features")
+    p.add_argument("--rows", type=int, default=500, help="how many of its first rows to explain (default 500)")
+    p.add_argument("--output", default="explain-report", help="folder for attributions.csv and attributions.png")
     p = training_stage("demo", cmd_demo, "built-in data to a served model: ingest, train, register champion, serve")
     p.add_argument("--port", type=int, default=DEMO_PORT)
     p.add_argument("--keep-serving", action="store_true", help="keep the endpoint up until Ctrl-C")

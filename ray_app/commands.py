@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ray_app.config import ExitCode, ExperimentConfig, RuntimePaths
+from ray_app.config import ExitCode, ExperimentConfig, RuntimePaths, UserError
 from ray_app.connect import connect_ray
 
 if TYPE_CHECKING:
@@ -236,6 +236,26 @@ def cmd_export(s: Stage) -> int:
         return ExitCode.REJECTED
     s.registry.log_export(ref, s.args.output, s.args.format, error)
     _print({"model": ref.uri, "format": s.args.format, "file": str(target), "parity_max_abs_diff": error})
+    return ExitCode.OK
+
+
+def cmd_explain(s: Stage) -> int:
+    from ray_app.data.sources import head_rows, resolve_files
+    from ray_app.explain import attribution_chart, global_attributions
+
+    bundle, ref = s.registry.load_bundle(s.args.model_uri)
+    rows = head_rows(resolve_files(s.args.data), s.args.rows)
+    missing = [name for name in bundle.schema.features if name not in rows]
+    if missing:
+        raise UserError(f"{s.args.data} lacks the model's features {', '.join(missing)}")
+    table = global_attributions(bundle, rows[bundle.schema.features])
+    folder = Path(s.args.output)
+    folder.mkdir(parents=True, exist_ok=True)
+    table.to_csv(folder / "attributions.csv", index=False)
+    (folder / "attributions.png").write_bytes(attribution_chart(table, f"{ref.name} version {ref.version}"))
+    print(f"{ref.uri} on {min(len(rows), s.args.rows)} rows of {s.args.data} (Integrated Gradients):")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"wrote {folder / 'attributions.csv'} and {folder / 'attributions.png'}")
     return ExitCode.OK
 
 

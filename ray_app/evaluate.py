@@ -7,6 +7,7 @@ import yaml
 
 from ray_app.config import ExperimentConfig
 from ray_app.data.preprocess import PreparedData, fitted_categories
+from ray_app.explain import GLOBAL_ROWS, attribution_chart, global_attributions
 from ray_app.metrics import baseline_metrics, classification_metrics, regression_metrics
 from ray_app.package import FeatureSchema, ModelBundle
 from ray_app.registry import ModelRef, ModelRegistry, git_sha
@@ -21,7 +22,7 @@ from ray_app.reports import (
 from ray_app.scoring import Scored, score_dataset
 from ray_app.train.trainer import TrainOutcome
 
-CARD_ARTIFACT, SPEC_ARTIFACT = "model_card.md", "experiment.yaml"
+CARD_ARTIFACT, SPEC_ARTIFACT, ATTRIBUTIONS_ARTIFACT = "model_card.md", "experiment.yaml", "attributions.csv"
 
 
 def scored_metrics(bundle: ModelBundle, scored: Scored) -> dict[str, float]:
@@ -90,13 +91,18 @@ def log_version_report(cfg: ExperimentConfig, data: PreparedData, bundle: ModelB
     history = registry.epoch_history(ref.run_id)
     if history:
         plots["training_curves.png"] = training_curves(history)
+    rows = data.raw("holdout").limit(GLOBAL_ROWS).to_pandas()[data.spec.features]
+    attributions = global_attributions(bundle, rows)
+    plots["attributions.png"] = attribution_chart(attributions, f"{ref.name} version {ref.version}")
     facts = ModelFacts(name=ref.name, version=ref.version, run_id=ref.run_id, task=data.spec.task,
                        label=data.spec.label, classes=[str(c) for c in classes] if classes is not None else None,
                        dataset_version=data.version.id, source=cfg.data.source, git_sha=git_sha(),
                        params=run_params(cfg), holdout=scores, baseline=baseline, holdout_rows=len(scored),
                        interval=bootstrap_interval(data.spec.task, scored.y, scored.output, cfg.data.seed),
-                       spec_artifact=SPEC_ARTIFACT)
+                       spec_artifact=SPEC_ARTIFACT,
+                       attributions=list(attributions.itertuples(index=False, name=None)))
     files = {f"plots/{name}": png for name, png in plots.items()}
+    files[ATTRIBUTIONS_ARTIFACT] = attributions.to_csv(index=False)
     files[SPEC_ARTIFACT] = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     files[CARD_ARTIFACT] = model_card(facts, sorted(plots))
     registry.log_files(ref.run_id, files)

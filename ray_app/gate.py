@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ray_app.config import GateConfig
+from ray_app.explain import global_attributions
 from ray_app.metrics import HIGHER_IS_BETTER, PRIMARY_METRIC, metric_label, metric_value
 from ray_app.package import EXPORT_FILES, ModelBundle, export_model, parity_error
 from ray_app.registry import ModelRegistry
@@ -38,6 +39,7 @@ class GateReport:
     metric: str
     checks: list[Check] = field(default_factory=list)
     figures: dict[str, float] = field(default_factory=dict)
+    attributions: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> feature -> share
 
     @property
     def passed(self) -> bool:
@@ -81,7 +83,17 @@ class GateReport:
                  *(f"| {m} | {shown(f'challenger_{m}')} | {shown(f'champion_{m}')} |" for m in metrics), "",
                  "| check | result | observed | needs |", "|---|---|---|---|",
                  *(f"| {c.name} | {'ok' if c.passed else 'NO'} | {c.observed} | {c.threshold} |" for c in self.checks)]
+        if self.attributions:
+            mine, theirs = self.attributions.get("challenger", {}), self.attributions.get("champion", {})
+            features = sorted({*mine, *theirs}, key=lambda f: -mine.get(f, theirs.get(f, 0.0)))
+            lines += ["", "Share of mean |attribution| (Integrated Gradients) on the gate's sample rows:", "",
+                      "| feature | challenger | champion |", "|---|---|---|",
+                      *(f"| {f} | {_share(mine, f)} | {_share(theirs, f)} |" for f in features)]
         return "\n".join(lines) + "\n"
+
+
+def _share(shares: dict[str, float], feature: str) -> str:
+    return f"{shares[feature]:.3f}" if feature in shares else "-"
 
 
 def paired_bootstrap(metric: str, a: Scored, b: Scored, samples: int, seed: int = 0,
@@ -223,6 +235,10 @@ def evaluate_gate(challenger: ModelBundle, champion: ModelBundle | None, holdout
             report.checks.append(Check(f"export parity {fmt}", error <= cfg.parity_tolerance, f"max |diff| {error:.2e}",
                                        f"<= {cfg.parity_tolerance:.0e}"))
     report.checks += behaviour_checks(challenger, sample, cfg)
+    for role, bundle in (("challenger", challenger), ("champion", champion)):
+        if bundle is not None:
+            table = global_attributions(bundle, sample[bundle.schema.features])
+            report.attributions[role] = dict(zip(table["feature"], table["share"], strict=True))
     return report
 
 

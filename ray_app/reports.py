@@ -35,6 +35,7 @@ class ModelFacts:
     holdout_rows: int
     interval: tuple[str, float, float]  # (metric, low, high): a 95% bootstrap interval on the holdout
     spec_artifact: str
+    attributions: list[tuple[str, float, float]] = ()  # (feature, mean |attribution|, share), largest first
 
 
 def _figure():
@@ -159,6 +160,12 @@ def model_card(facts: ModelFacts, plots: list[str]) -> str:
         "## A trivial baseline on the same rows (the majority class, or the mean)", "", *table(facts.baseline), "",
         "## Training", "", "| parameter | value |", "|---|---|",
         *(f"| {k} | {v} |" for k, v in sorted(facts.params.items())), "",
+        "## Feature attributions", "",
+        "Mean absolute Integrated Gradients of the predicted class's probability (or of the prediction) over "
+        "holdout rows, from the all-zeros encoded baseline (training means, no category); one-hot columns and "
+        "missing indicators summed into their feature (`attributions.csv`).", "",
+        "| feature | mean abs attribution | share |", "|---|---|---|",
+        *(f"| {feature} | {value:.4f} | {share:.3f} |" for feature, value, share in facts.attributions), "",
         "## Plots", "", *(f"![{name}](plots/{name})" for name in plots), "",
         "## Gates", "",
         "Once gated, `gate_report.md` beside this card holds the model gate's last report on this version "

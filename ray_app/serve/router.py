@@ -160,11 +160,10 @@ class ABRouter:
             variant = self._choose(request, payload)
         except RequestError as exc:
             return exc.answer()
-        try:
-            status, body = await self.variants[variant].handle_payload.remote(payload)
-        except Exception as exc:  # a crashed variant is that variant's error, counted and answered, not a router bug
-            logger.warning("variant %s failed: %s", variant, exc)
-            status, body = 500, {"error": f"variant {variant} failed: {type(exc).__name__}"}
+        if route == "explain":  # the assigned variant's attributions: not counted, remembered or shadowed
+            status, body = await self._ask(variant, "handle_explain", payload)
+            return JSONAnswer({**body, "variant": variant}, status_code=status)
+        status, body = await self._ask(variant, "handle_payload", payload)
         tags = {"experiment": self.settings.experiment, "variant": variant}
         self.requests.inc(tags=tags)
         self.latency.observe((time.perf_counter() - start) * 1000, tags=tags)
@@ -183,6 +182,13 @@ class ABRouter:
             self._shadow_tasks.add(task)  # keep a reference until done; its outcome never reaches the caller
             task.add_done_callback(self._shadow_tasks.discard)
         return JSONAnswer({**body, "variant": variant}, status_code=status)
+
+    async def _ask(self, variant: str, method: str, payload: object) -> tuple[int, dict]:
+        try:
+            return await getattr(self.variants[variant], method).remote(payload)
+        except Exception as exc:  # a crashed variant is that variant's error, counted and answered, not a router bug
+            logger.warning("variant %s failed: %s", variant, exc)
+            return 500, {"error": f"variant {variant} failed: {type(exc).__name__}"}
 
     async def _schema(self) -> dict:
         """Every variant's `/schema`; the shared input contract on top when all variants take the same rows."""

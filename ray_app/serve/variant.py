@@ -47,7 +47,8 @@ class BundleDirLoader:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
 class ModelVariant:
-    """Answers `POST /predict` with `{"instances": [...]}`; `GET /schema` and `GET /healthz` describe it."""
+    """Answers `POST /predict` with `{"instances": [...]}` (and `POST /explain`: the same rows' attributions);
+    `GET /schema` and `GET /healthz` describe it."""
 
     def __init__(self, model_uri: str, loader: BundleLoader, settings: ServeSettings | None = None,
                  variant: str = "default", batching: bool = True, monitor=None,
@@ -132,7 +133,8 @@ class ModelVariant:
             payload = parse_body(await request.body())
         except RequestError as exc:
             return exc.answer()
-        status, body = await self.handle_payload(payload)
+        handle = self.handle_explain if path == "explain" else self.handle_payload
+        status, body = await handle(payload)
         return JSONAnswer(body, status_code=status)
 
     async def __del__(self):
@@ -150,3 +152,22 @@ class ModelVariant:
         if self.profiler is not None:
             self.profiler.observe(rows.numeric, rows.categorical, result["predictions"])
         return 200, {**result, **self.describe()}
+
+    async def handle_explain(self, payload: object) -> tuple[int, dict]:
+        """`POST /explain`, validated as a prediction: each row's prediction and its Integrated Gradients, one
+        per input feature (`ray_app.explain`). Not profiled: it is not traffic."""
+        from ray_app.explain import integrated_gradients
+
+        try:
+            rows = validate_instances(payload, self.bundle.schema, self.settings.max_rows)
+            result = await self.predict(rows)
+            frame = self.bundle.frame(rows.numeric, rows.categorical)
+            values = await asyncio.to_thread(integrated_gradients, self.bundle, frame)
+            if not np.isfinite(values).all():
+                raise RequestError(422, "inputs out of range: their attributions are not finite numbers")
+        except RequestError as exc:
+            return exc.status, {"error": exc.message}
+        features = self.bundle.schema.features
+        return 200, {**result, "method": "integrated gradients", "features": features,
+                     "attributions": [dict(zip(features, row.tolist(), strict=True)) for row in values],
+                     **self.describe()}

@@ -101,6 +101,19 @@ def test_weighted_split_is_sticky_and_forceable(ab_url, models):
     assert httpx.post(ab_url, json=instance(models), timeout=30).status_code == 200
 
 
+def test_explain_through_the_router_asks_the_assigned_variant(ab_url, models):
+    features = models["bundle"].schema.features
+    sticky = httpx.post(ab_url, json=instance(models), headers={"x-user-id": "user-3"}, timeout=30).json()
+    explained = httpx.post(f"{ab_url}/explain", json=instance(models), headers={"x-user-id": "user-3"}, timeout=60)
+    assert explained.status_code == 200, explained.text
+    body = explained.json()
+    assert body["variant"] == sticky["variant"] and body["predictions"] == sticky["predictions"]
+    assert [list(row) for row in body["attributions"]] == [features] and "request_id" not in body
+    forced = httpx.post(f"{ab_url}/explain", json=instance(models), headers={"x-variant": "challenger"}, timeout=60)
+    assert forced.json()["variant"] == "challenger" and forced.json()["model"] == models["challenger"].uri
+    assert httpx.post(f"{ab_url}/explain", json={"instances": []}, timeout=30).status_code == 422
+
+
 def test_feedback_labels_answers_and_stores_rows(ab_url, models, feedback_dir):
     import pandas as pd
 

@@ -1,6 +1,7 @@
-"""Property-based tests of the real HTTP routes of a single variant (monitored) and of the A/B router: whatever the
-body, headers or token, the answer is never a 5xx; a 4xx says why; a 200 holds finite numbers, one prediction per
-row; and the replicas answer a valid row afterwards. Bodies are built from the model's own `GET /schema`."""
+"""Property-based tests of the real HTTP routes (predict, explain, feedback, admin) of a single variant (monitored)
+and of the A/B router: whatever the body, headers or token, the answer is never a 5xx; a 4xx says why; a 200 holds
+finite numbers, one prediction per row; and the replicas answer a valid row afterwards. Bodies are built from the
+model's own `GET /schema`."""
 
 import httpx
 import pytest
@@ -80,6 +81,21 @@ def test_schema_and_health_of_both_apps(apps, client, schema, app):
 def test_predict_on_the_single_variant_never_answers_5xx(apps, client, schema, data):
     case = data.draw(predict_bodies(schema))
     assert_well_answered(client.post(f"{apps['single']}/predict", content=case.body), case.rows, case.refused)
+
+
+@pytest.mark.parametrize("app", ["single", "ab"])
+@given(data=st.data())
+def test_explain_never_answers_5xx(apps, client, schema, app, data):
+    case = data.draw(predict_bodies(schema))
+    response = client.post(f"{apps[app]}/explain", content=case.body)
+    assert_well_answered(response, case.rows, case.refused)
+    if response.status_code == 200:  # one finite attribution per input feature and row
+        body = response.json()
+        assert [list(row) for row in body["attributions"]] == [schema_features(schema)] * len(body["predictions"])
+
+
+def schema_features(schema: dict) -> list[str]:
+    return [*schema["numeric"], *schema["categorical"]]
 
 
 header_text = st.characters(min_codepoint=0x21, max_codepoint=0x7E)  # what httpx sends: visible ASCII

@@ -49,6 +49,34 @@ def test_served_predictions_equal_in_process_bundle(served, champion_bundle, sam
     assert body["model"].startswith("models:/") and body["variant"] == "champion"
 
 
+def test_explain_gives_one_attribution_per_feature_and_none_to_what_the_label_ignores(served, champion_bundle,
+                                                                                      sample_rows):
+    response = httpx.post(f"{served}/explain", json={"instances": sample_rows.to_dict("records")}, timeout=60)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    features = champion_bundle.schema.features
+    assert body["features"] == features and body["method"] == "integrated gradients"
+    assert body["predictions"] == champion_bundle.predict(sample_rows)["predictions"]
+    assert len(body["attributions"]) == len(sample_rows) and all(list(row) == features for row in body["attributions"])
+    mean_abs = {f: np.mean([abs(row[f]) for row in body["attributions"]]) for f in features}
+    assert mean_abs["x5"] < 0.2 * mean_abs["x0"], mean_abs  # the synthetic label never reads x5
+    refused = httpx.post(f"{served}/explain", json={"instances": [{**sample_rows.iloc[0].to_dict(), "x0": "a"}]},
+                         timeout=30)
+    assert refused.status_code == 422 and "x0" in refused.json()["error"]
+
+
+def test_explain_cli_writes_the_table_and_the_chart(champion, champion_bundle, tmp_path):
+    output = tmp_path / "explained"
+    code = main(["explain", "--model-uri", champion.model.uri, "--data", champion_bundle.dataset_version["files"][0],
+                 "--rows", "300", "--output", str(output)])
+    assert code == 0
+    table = pd.read_csv(output / "attributions.csv")
+    assert set(table["feature"]) == set(champion_bundle.schema.features) and abs(table["share"].sum() - 1) < 1e-6
+    shares = dict(zip(table["feature"], table["share"], strict=True))
+    assert shares["x5"] < 0.2 * shares["x0"]
+    assert (output / "attributions.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_schema_and_health_routes(served, champion_bundle):
     schema = httpx.get(f"{served}/schema", timeout=10).json()
     assert schema["schema"]["numeric"] == champion_bundle.schema.numeric and schema["max_rows"] == 100

@@ -62,11 +62,13 @@ def test_the_model_card_says_what_the_version_is_and_how_to_reproduce_it():
                        classes=["no", "yes"], dataset_version="dv1", source="data/*.parquet", git_sha="1234567",
                        params={"train.lr": 0.01}, holdout={"roc_auc": 0.91, "accuracy": 0.85},
                        baseline={"roc_auc": 0.5, "accuracy": 0.6}, holdout_rows=800,
-                       interval=("roc_auc", 0.89, 0.93), spec_artifact="experiment.yaml")
+                       interval=("roc_auc", 0.89, 0.93), spec_artifact="experiment.yaml",
+                       attributions=[("x0", 0.21, 0.7), ("segment", 0.09, 0.3)])
     card = model_card(facts, ["confusion.png", "roc.png"])
     assert card.startswith("# m version 3\n")
     for text in ("label `churned` (no, yes)", "DatasetVersion `dv1`", "commit `1234567`",
                  "roc_auc 0.9100, 95% bootstrap interval [0.8900, 0.9300]", "| accuracy | 0.6000 |",
                  "| train.lr | 0.01 |", "![roc.png](plots/roc.png)", "git checkout 1234567",
-                 "--run-id abc --artifact-path experiment.yaml", "ray-app train --spec experiment.yaml"):
+                 "--run-id abc --artifact-path experiment.yaml", "ray-app train --spec experiment.yaml",
+                 "| x0 | 0.2100 | 0.700 |", "| segment | 0.0900 | 0.300 |"):
         assert text in card, text
