@@ -25,9 +25,9 @@ from tests.conftest import (
 
 @contextmanager
 def alert_stack(ray_cluster: dict, folder: Path, webhook: RetrainWebhook, alert_for: str = "4s"):
-    """Prometheus (shipped drift rules, `for: 10m` -> `alert_for`) -> Alertmanager (shipped route, re-sending
-    every few seconds) -> `webhook` served on loopback. Yields {"prometheus": url, "calls": [...]}, one entry per
-    request that reached `/alerts`."""
+    """Prometheus (shipped drift rules, `for: 10m` -> `alert_for`; the serving rules as shipped, whose recorded
+    series the dashboards read) -> Alertmanager (shipped route, re-sending every few seconds) -> `webhook` served
+    on loopback. Yields {"prometheus": url, "calls": [...]}, one entry per request that reached `/alerts`."""
     import uvicorn
 
     am_port, hook_port = free_port(), free_port()
@@ -59,7 +59,8 @@ def alert_stack(ray_cluster: dict, folder: Path, webhook: RetrainWebhook, alert_
                                  "--cluster.listen-address="], f"http://127.0.0.1:{am_port}/-/ready",
                                 folder / "alertmanager.log")
         prom_url, prom_proc = start_prometheus(
-            folder, ray_cluster["metrics"], rule_files=[str(folder / "drift.yml")],
+            folder, ray_cluster["metrics"],
+            rule_files=[str(folder / "drift.yml"), str(ROOT / "cluster" / "prometheus" / "rules" / "serving.yml")],
             alerting={"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]})
         yield {"prometheus": prom_url, "calls": calls}
     finally:

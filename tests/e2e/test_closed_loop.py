@@ -31,6 +31,7 @@ from ray_app.incidents import read_incidents
 from ray_app.loop import RayJobs, RetrainWebhook
 from ray_app.registry import ModelRegistry
 from tests.conftest import FAST_METRICS, ROOT, SERVE_PORT, LoadThreads, small_config, wait_until
+from tests.e2e.dashboards import empty_panels
 from tests.e2e.stack import alert_stack
 from tests.integration.test_ab import _deploy
 
@@ -127,7 +128,16 @@ def _answers(url: str, payload: dict) -> bool:
         return False
 
 
+# Panels of cluster/grafana/dashboards that the loop cannot fill, and why; every other panel must show data.
+NO_DATA = {
+    "ab: Online MAE from /feedback (regression) #0": "regression only: the loop's model is a classifier",
+    "ab: Shadow answers: agree / disagree / error #0": "the loop's A/B app mirrors to no shadow",
+    "training: Best validation metric across runs #1": "val_rmse is a regression metric",
+}
+
+
 def test_drift_to_verdict_with_no_human_step(scenario, champion, ray_cluster, paths, tmp_path):
+    started = time.time()
     model, app = f"loop-{scenario.name}", f"loop-{scenario.name}"
     registry = ModelRegistry(paths.tracking_uri, paths.artifact_root)
     first_version = _champion_copy(registry, champion, model)
@@ -175,6 +185,8 @@ def test_drift_to_verdict_with_no_human_step(scenario, champion, ray_cluster, pa
                 time.sleep(6)  # drifted traffic answered by whoever serves now
         finally:
             serve.delete(app)
+        # The dashboards as a person would open them over this run: A/B traffic, labels, drift, a retrain
+        empty = empty_panels(stack["prometheus"], started, time.time(), {"experiment": app, "model": model})
     logs = webhook.jobs.client.get_job_logs(job_id)
     status = webhook.jobs.status(job_id)
 
@@ -189,6 +201,7 @@ def test_drift_to_verdict_with_no_human_step(scenario, champion, ray_cluster, pa
     run = registry.client.get_run(trained["mlflow_run_id"])
     assert run.data.tags["incident"] == incident.id
     assert world.failures == [], world.failures[:5]
+    assert set(empty) == set(NO_DATA), {k: v for k, v in empty.items() if k not in NO_DATA}
 
     before, rows_before = world.accuracy(model=f"models:/{model}/{first_version}")
     if scenario.outcome == "promoted":
