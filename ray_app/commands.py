@@ -294,10 +294,22 @@ def cmd_demo(s: Stage) -> int:
     _connect_for_training(s)
     code = run_demo(s.cfg, s.paths, s.args.port, s.registry)
     _print_mlflow_hint(s.paths)
+    for name, url in (("Ray dashboard", s.paths.dashboard_url), ("Prometheus", s.paths.prometheus_url)):
+        if _answers(url):  # a cluster from `make cluster-up`, `make monitor-up`: a private Ray has neither
+            print(f"[demo] {name}: {url}")
     if s.args.keep_serving and code == ExitCode.OK:
         print(f"[demo] still serving at http://127.0.0.1:{s.args.port}/predict; Ctrl-C stops")
         wait_for_interrupt()
     return code
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2).status_code < 500
+    except httpx.HTTPError:
+        return False
 
 
 def _print_mlflow_hint(paths: RuntimePaths, run_id: str | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -44,7 +45,8 @@ def test_a_registered_version_carries_its_plots_spec_and_model_card(champion, pa
     client = MlflowClient(paths.tracking_uri)
     run_id = champion.mlflow_run_id
     plots = {f.path for f in client.list_artifacts(run_id, "plots")}
-    assert plots == {f"plots/{name}.png" for name in ("roc", "pr", "confusion", "calibration", "training_curves")}
+    assert plots == {f"plots/{name}.png" for name in ("roc", "pr", "confusion", "calibration", "training_curves",
+                                                       "attributions")}
     for path in plots:
         assert Path(client.download_artifacts(run_id, path, str(tmp_path))).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     card = Path(client.download_artifacts(run_id, "model_card.md", str(tmp_path))).read_text()
@@ -53,6 +55,10 @@ def test_a_registered_version_carries_its_plots_spec_and_model_card(champion, pa
     assert "![roc.png](plots/roc.png)" in card
     spec = yaml.safe_load(Path(client.download_artifacts(run_id, "experiment.yaml", str(tmp_path))).read_text())
     assert spec["train"]["num_workers"] == 2 and "ray-app train --spec experiment.yaml" in card
+    attributions = pd.read_csv(client.download_artifacts(run_id, "attributions.csv", str(tmp_path)))
+    shares = dict(zip(attributions["feature"], attributions["share"], strict=True))
+    assert set(shares) == {*(f"x{i}" for i in range(6)), "segment", "channel"} and shares["x5"] < 0.2 * shares["x0"]
+    assert f"| x0 | {attributions.set_index('feature').loc['x0', 'mean_abs_attribution']:.4f} |" in card
     version = client.get_model_version(champion.model.name, champion.model.version)
     assert f"runs:/{run_id}/model_card.md" in version.description
 
