@@ -75,7 +75,7 @@ def quiet_console(log_file: Path) -> Iterator[None]:
         root.setLevel(saved_level)
         to_file.close()
         sys.stderr = saved_stderr
-        terminal.close()
+        terminal.flush()  # not closed: a thread (Ray's log printer) may still hold it; it closes when collected
         os.dup2(saved_fd, 2)
         os.close(saved_fd)
         for name in added_env:
