@@ -49,6 +49,7 @@ def test_quiet_loggers_moves_handlers_added_after_the_console_started(tmp_path):
     with quiet_console(log_file):
         late = logging.getLogger("ray.data.test_console")  # as `import ray.data` configures its logger later
         late.addHandler(logging.StreamHandler(sys.stderr))
+        late.setLevel(logging.INFO)  # not the WARNING that connect_ray gives `ray.data` (earlier tests call it)
         late.propagate = False
         moved = quiet_loggers(log_file)
         assert [logger.name for logger, _ in moved] == ["ray.data.test_console"]
