@@ -49,7 +49,7 @@ def integrated_gradients(bundle: ModelBundle, rows: pd.DataFrame, steps: int = S
         if classes is not None:
             value = torch.softmax(out, dim=1).gather(1, chosen.unsqueeze(1)).squeeze(1)
         else:
-            value = out[:, 0] * float(bundle.target.std)
+            value = out.reshape(len(point), -1)[:, 0] * float(bundle.target.std)  # one output: (rows,) or (rows, 1)
         total += torch.autograd.grad(value.sum(), point)[0]
     encoded = ((x - baseline) * total / steps).numpy()
     return np.stack([encoded[:, columns].sum(axis=1) for _, columns in feature_columns(bundle)], axis=1)

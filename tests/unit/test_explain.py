@@ -46,3 +46,23 @@ def test_a_feature_the_network_ignores_gets_no_attribution():
     assert shares["segment"] == 0.0 and shares["x0"] > 0.05
     assert abs(table["share"].sum() - 1.0) < 1e-9 and list(table["mean_abs_attribution"]) == sorted(
         table["mean_abs_attribution"], reverse=True)
+
+
+def test_regression_attributions_add_up_in_the_label_units():
+    from ray_app.data.preprocess import TargetEncoding
+    from ray_app.package import FeatureSchema, ModelBundle
+    from ray_app.train.model import MLPSpec, TabularMLP
+
+    classifier, frame = _bundle()
+    torch.manual_seed(1)
+    spec = MLPSpec(in_features=10, out_features=1, width=8, depth=2, dropout=0.0)  # one output: shape (rows,)
+    bundle = ModelBundle(mlp=spec, state_dict=TabularMLP(spec).state_dict(),
+                         preprocessor_state=classifier.preprocessor_state,
+                         schema=FeatureSchema(**{**classifier.schema.model_dump(), "task": "regression"}),
+                         target=TargetEncoding("regression", mean=5.0, std=2.0))
+    rows = frame.head(10)
+    attributions = integrated_gradients(bundle, rows, steps=128)
+    x = torch.from_numpy(bundle.encode(rows))
+    with torch.no_grad():
+        expected = 2.0 * (bundle.model(x).reshape(-1) - bundle.model(torch.zeros_like(x)).reshape(-1)).numpy()
+    np.testing.assert_allclose(attributions.sum(axis=1), expected, atol=2e-3)
