@@ -85,8 +85,8 @@ def log_version_report(cfg: ExperimentConfig, data: PreparedData, bundle: ModelB
                        scored: Scored, scores: dict, baseline: dict, registry: ModelRegistry) -> None:
     """The version's plots (holdout scores, training curves), its spec and its model card on its run; the
     registry version's description points to the card."""
-    classes = bundle.target.classes
-    plots = (classification_plots(scored.y, scored.output, [str(c) for c in classes]) if classes is not None
+    classes = [str(c) for c in bundle.target.classes] if bundle.target.classes is not None else None
+    plots = (classification_plots(scored.y, scored.output, classes) if classes is not None
              else regression_plots(scored.y, scored.output))
     history = registry.epoch_history(ref.run_id)
     if history:
@@ -95,7 +95,7 @@ def log_version_report(cfg: ExperimentConfig, data: PreparedData, bundle: ModelB
     attributions = global_attributions(bundle, rows)
     plots["attributions.png"] = attribution_chart(attributions, f"{ref.name} version {ref.version}")
     facts = ModelFacts(name=ref.name, version=ref.version, run_id=ref.run_id, task=data.spec.task,
-                       label=data.spec.label, classes=[str(c) for c in classes] if classes is not None else None,
+                       label=data.spec.label, classes=classes,
                        dataset_version=data.version.id, source=cfg.data.source, git_sha=git_sha(),
                        params=run_params(cfg), holdout=scores, baseline=baseline, holdout_rows=len(scored),
                        interval=bootstrap_interval(data.spec.task, scored.y, scored.output, cfg.data.seed),

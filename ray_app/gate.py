@@ -69,7 +69,7 @@ class GateReport:
 
     def markdown(self) -> str:
         """The report as the challenger's run keeps it: the decision, both models' holdout figures side by side,
-        and every check."""
+        every check, and both models' attribution shares."""
         verdict = "PROMOTE" if self.passed else "REJECT"
         metrics = sorted({key.split("_", 1)[1] for key in self.figures if key.startswith(("challenger_", "champion_"))})
 
