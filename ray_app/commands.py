@@ -241,7 +241,8 @@ def cmd_export(s: Stage) -> int:
 
 def cmd_explain(s: Stage) -> int:
     from ray_app.data.sources import head_rows, resolve_files
-    from ray_app.explain import attribution_chart, global_attributions
+    from ray_app.explain import global_attributions
+    from ray_app.reports import attribution_chart
 
     bundle, ref = s.registry.load_bundle(s.args.model_uri)
     rows = head_rows(resolve_files(s.args.data), s.args.rows)

@@ -7,12 +7,13 @@ import yaml
 
 from ray_app.config import ExperimentConfig
 from ray_app.data.preprocess import PreparedData, fitted_categories
-from ray_app.explain import GLOBAL_ROWS, attribution_chart, global_attributions
+from ray_app.explain import GLOBAL_ROWS, global_attributions
 from ray_app.metrics import baseline_metrics, classification_metrics, regression_metrics
 from ray_app.package import FeatureSchema, ModelBundle
 from ray_app.registry import ModelRef, ModelRegistry, git_sha
 from ray_app.reports import (
     ModelFacts,
+    attribution_chart,
     bootstrap_interval,
     classification_plots,
     model_card,

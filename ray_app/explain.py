@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ray_app.data.preprocess import fitted_stats
 from ray_app.package import ModelBundle
 
 STEPS = 32
@@ -21,9 +22,7 @@ GLOBAL_ROWS = 500  # rows behind a version's global attributions
 def feature_columns(bundle: ModelBundle) -> list[tuple[str, list[int]]]:
     """Each raw feature and the encoded columns it owns, in the preprocessor's order: numeric features, their
     missing indicators, then each categorical feature's one-hot block."""
-    stats: dict = {}
-    for step in getattr(bundle.preprocessor, "_preprocessors", [bundle.preprocessor]):
-        stats.update(getattr(step, "stats_", None) or {})
+    stats = fitted_stats(bundle.preprocessor)
     schema = bundle.schema
     owners = [*schema.numeric, *(name for name in schema.numeric if name in schema.nullable)]
     for name in schema.categorical:
@@ -64,23 +63,3 @@ def global_attributions(bundle: ModelBundle, rows: pd.DataFrame, seed: int = 0) 
     table = pd.DataFrame({"feature": bundle.schema.features, "mean_abs_attribution": values,
                           "share": values / total})
     return table.sort_values("mean_abs_attribution", ascending=False, ignore_index=True)
-
-
-def attribution_chart(table: pd.DataFrame, title: str) -> bytes:
-    """A horizontal bar chart of `global_attributions`, as PNG."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 0.35 * len(table) + 1.2), dpi=100)
-    ordered = table.iloc[::-1]
-    ax.barh(ordered["feature"], ordered["mean_abs_attribution"])
-    ax.set(xlabel="mean |attribution| (Integrated Gradients)", title=title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()

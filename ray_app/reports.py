@@ -121,6 +121,16 @@ def training_curves(history: dict[str, list[tuple[int, float]]]) -> bytes:
     return _png(plt, fig)
 
 
+def attribution_chart(table, title: str) -> bytes:
+    """A horizontal bar chart of `explain.global_attributions` (feature, mean_abs_attribution), largest on top."""
+    plt, fig, ax = _figure()
+    fig.set_size_inches(5, 0.35 * len(table) + 1.2)
+    ordered = table.iloc[::-1]
+    ax.barh(ordered["feature"], ordered["mean_abs_attribution"])
+    ax.set(xlabel="mean |attribution| (Integrated Gradients)", title=title)
+    return _png(plt, fig)
+
+
 def bootstrap_interval(task: str, y: np.ndarray, output: np.ndarray, seed: int = 0) -> tuple[str, float, float]:
     """A 95% percentile-bootstrap interval of the task's primary metric (CI_RESAMPLES resamples of a seeded
     subsample of at most CI_ROWS rows)."""

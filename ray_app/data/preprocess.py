@@ -104,11 +104,17 @@ def build_preprocessor(spec: FeatureSpec, medians: dict[str, float] | None = Non
     return Chain(*steps)
 
 
-def fitted_categories(preprocessor, columns: list[str]) -> dict[str, list[str]]:
-    """The categories the fitted one-hot encoder kept per column (its most frequent, `__missing__` aside)."""
+def fitted_stats(preprocessor) -> dict:
+    """Every fitted statistic of a preprocessor chain's steps (`mean(x0)`, `unique_values(segment)`, ...)."""
     stats: dict = {}
     for step in getattr(preprocessor, "_preprocessors", [preprocessor]):
         stats.update(getattr(step, "stats_", None) or {})
+    return stats
+
+
+def fitted_categories(preprocessor, columns: list[str]) -> dict[str, list[str]]:
+    """The categories the fitted one-hot encoder kept per column (its most frequent, `__missing__` aside)."""
+    stats = fitted_stats(preprocessor)
     return {c: sorted(str(v) for v in stats.get(f"unique_values({c})", {}) if v != MISSING) for c in columns}
 
 

@@ -1,10 +1,12 @@
 """What a registered version shows people: plots, training curves, a bootstrap interval and the model card."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from ray_app.reports import (
     ModelFacts,
+    attribution_chart,
     bootstrap_interval,
     classification_plots,
     model_card,
@@ -42,6 +44,8 @@ def test_regression_and_training_curves_are_pngs():
     assert regression_plots(y, y + rng.normal(scale=0.1, size=300))["residuals.png"].startswith(PNG)
     curves = training_curves({"train_loss": [(0, 0.7), (1, 0.4)], "val_roc_auc": [(0, 0.8), (1, 0.9)]})
     assert curves.startswith(PNG)
+    table = pd.DataFrame({"feature": ["x0", "x1"], "mean_abs_attribution": [0.3, 0.1], "share": [0.75, 0.25]})
+    assert attribution_chart(table, "m version 1").startswith(PNG)
 
 
 def test_bootstrap_interval_brackets_the_metric():
