@@ -197,6 +197,8 @@ def user_mistake(exc: BaseException) -> str | None:
         return f"invalid config: {problems}"
     if isinstance(exc, MlflowException):
         return str(exc.message).strip().splitlines()[0]
+    if isinstance(exc, FileNotFoundError) and exc.filename is None:
+        return None  # no file named (os.getcwd() of a deleted folder): the traceback is the only clue
     if isinstance(exc, UserError | LookupError | FileNotFoundError):  # one line, however the message was laid out
         return " ".join(line.strip() for line in str(exc).strip().splitlines()) or type(exc).__name__
     return None

@@ -89,6 +89,9 @@ class TrainConfig(_Strict):
     seed: int = 0
     max_failures: int = Field(3, ge=0)
     checkpoints_to_keep: int = Field(2, ge=1)
+    # PACK fills a node before the next (fast collectives); SPREAD puts workers on different nodes where it can, so
+    # one lost node costs fewer of them (Ray Train's ScalingConfig.placement_strategy)
+    placement_strategy: Literal["PACK", "SPREAD"] = "PACK"
 
 
 class RegistryConfig(_Strict):

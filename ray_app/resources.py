@@ -31,6 +31,7 @@ class Need:
 
     what: str
     resources: dict[str, float]
+    worker: dict[str, float] = field(default_factory=dict)  # one worker's share, which one node must hold
 
 
 @dataclass
@@ -41,6 +42,7 @@ class ClusterView:
     available: dict[str, float]
     holders: dict[str, float] = field(default_factory=dict)  # e.g. "Serve app `ab`" -> CPUs
     ceiling: dict[str, float] | None = None
+    largest_node: dict[str, float] | None = None  # the most of each kind one node has (a worker cannot straddle)
 
 
 def training_need(cfg: ExperimentConfig, stage: str = "training") -> Need:
@@ -55,7 +57,8 @@ def training_need(cfg: ExperimentConfig, stage: str = "training") -> Need:
     need = {"CPU": cpus, "GPU": float(train.num_workers) if train.use_gpu else 0.0}
     if train.use_gpu:
         parts.append(f"{train.num_workers} GPU")
-    return Need(f"{stage} ({' + '.join(parts)})", need)
+    worker = {"CPU": train.cpus_per_worker, "GPU": 1.0 if train.use_gpu else 0.0}
+    return Need(f"{stage} ({' + '.join(parts)})", need, worker)
 
 
 def _fmt(resources: dict[str, float]) -> str:
@@ -63,13 +66,22 @@ def _fmt(resources: dict[str, float]) -> str:
 
 
 def fits_now(need: Need, view: ClusterView) -> bool:
-    return all(view.available.get(k, 0.0) + 1e-9 >= v for k, v in need.resources.items() if v > 0)
+    return all(view.available.get(k, 0.0) + 1e-9 >= v for k, v in need.resources.items() if v > 0) and \
+        not _worker_too_big(need, view)
 
 
 def never_fits(need: Need, view: ClusterView) -> bool:
     """True when even the whole cluster (grown to its ceiling, with an autoscaler) is too small."""
     limit = view.ceiling if view.ceiling is not None else view.total
-    return any(limit.get(k, 0.0) + 1e-9 < v for k, v in need.resources.items() if v > 0)
+    return any(limit.get(k, 0.0) + 1e-9 < v for k, v in need.resources.items() if v > 0) or _worker_too_big(
+        need, view)
+
+
+def _worker_too_big(need: Need, view: ClusterView) -> bool:
+    """A worker larger than every node of a fixed-size cluster never gets placed (its placement group waits)."""
+    if view.largest_node is None or view.ceiling is not None:
+        return False
+    return any(view.largest_node.get(k, 0.0) + 1e-9 < v for k, v in need.worker.items() if v > 0)
 
 
 def explain(need: Need, view: ClusterView) -> str:
@@ -77,6 +89,9 @@ def explain(need: Need, view: ClusterView) -> str:
     held = "; held by " + ", ".join(f"{who} {cpus:g} CPU" for who, cpus in sorted(
         view.holders.items(), key=lambda item: -item[1])) if view.holders else ""
     grows = f" (an autoscaler may grow it to {_fmt(view.ceiling)})" if view.ceiling is not None else ""
+    if _worker_too_big(need, view):
+        return (f"{need.what}: one worker needs {_fmt(need.worker)} on one node, and the largest node has "
+                f"{_fmt(view.largest_node or {})}: lower train.cpus_per_worker or add larger nodes")
     if never_fits(need, view):
         advice = ("lower train.num_workers or train.cpus_per_worker (--set train.num_workers=1), or run on a larger "
                   "cluster")
@@ -94,7 +109,9 @@ def cluster_view() -> ClusterView:
 
     total = {k: float(v) for k, v in ray.cluster_resources().items() if k in KINDS}
     available = {k: float(v) for k, v in ray.available_resources().items() if k in KINDS}
-    return ClusterView(total, available, _holders(), _ceiling())
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    largest = {k: max((float(node.get(k, 0.0)) for node in nodes), default=0.0) for k in KINDS}
+    return ClusterView(total, available, _holders(), _ceiling(), largest)
 
 
 def _holders() -> dict[str, float]:

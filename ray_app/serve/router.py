@@ -29,6 +29,10 @@ from ray_app.telemetry import HeldGauges
 
 logger = logging.getLogger("ray.serve")
 LATENCY_BUCKETS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
+# A variant call whose replica died is retried this often, after 0.2 s, then 0.4 s: Serve's handle learns of the
+# death from the failed call and the controller within that time, and the next try goes to a live replica.
+REPLICA_RETRIES = 2
+RETRY_PAUSE_S = 0.2
 
 
 class RouterSettings(BaseModel):
@@ -184,11 +188,27 @@ class ABRouter:
         return JSONAnswer({**body, "variant": variant}, status_code=status)
 
     async def _ask(self, variant: str, method: str, payload: object) -> tuple[int, dict]:
-        try:
-            return await getattr(self.variants[variant], method).remote(payload)
-        except Exception as exc:  # a crashed variant is that variant's error, counted and answered, not a router bug
-            logger.warning("variant %s failed: %s", variant, exc)
-            return 500, {"error": f"variant {variant} failed: {type(exc).__name__}"}
+        """Score (or explain) on the variant. A replica that dies under the call (its node lost) is asked again
+        on another: scoring is idempotent, and Serve's handle has already dropped the dead replica. (`/feedback`
+        changes state and never comes here.)"""
+        from ray.exceptions import RayActorError  # ActorDiedError, ActorUnavailableError
+
+        for attempt in range(REPLICA_RETRIES + 1):
+            try:
+                return await getattr(self.variants[variant], method).remote(payload)
+            except RayActorError as exc:
+                if attempt == REPLICA_RETRIES:
+                    return self._failed(variant, exc)
+                logger.warning("variant %s: replica lost (%s), asking another", variant, type(exc).__name__)
+                await asyncio.sleep(RETRY_PAUSE_S * (attempt + 1))
+            except Exception as exc:  # a crashed variant is that variant's error, counted and answered
+                return self._failed(variant, exc)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _failed(variant: str, exc: Exception) -> tuple[int, dict]:
+        logger.warning("variant %s failed: %s", variant, exc)
+        return 500, {"error": f"variant {variant} failed: {type(exc).__name__}"}
 
     async def _schema(self) -> dict:
         """Every variant's `/schema`; the shared input contract on top when all variants take the same rows."""

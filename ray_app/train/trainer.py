@@ -47,6 +47,7 @@ def build_trainer(cfg: ExperimentConfig, data: PreparedData, paths: RuntimePaths
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})},
+            placement_strategy=cfg.train.placement_strategy,
         ),
         run_config=RunConfig(
             name=run_name,

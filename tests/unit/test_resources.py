@@ -71,3 +71,21 @@ def test_an_autoscaler_that_may_grow_the_cluster_is_waited_for():
     never = ClusterView({"CPU": 2.0}, {"CPU": 2.0}, ceiling={"CPU": 2.5})
     with pytest.raises(ResourcesUnavailable, match="run on a larger cluster"):
         require(NEED, wait_s=10, view=lambda: never, clock=clock, sleep=clock.sleep, log=lambda line: None)
+
+
+def test_a_worker_larger_than_every_node_stops_at_once_though_the_cluster_total_fits():
+    """Three nodes of 2 CPUs hold 6 CPUs, but a 3-CPU worker fits on none: its placement group would wait forever."""
+    cfg = ExperimentConfig().with_overrides(train={"num_workers": 1, "cpus_per_worker": 3})
+    need = training_need(cfg)
+    assert need.worker == {"CPU": 3.0, "GPU": 0.0}
+    clock = FakeClock()
+    nodes = ClusterView({"CPU": 6.0}, {"CPU": 6.0}, largest_node={"CPU": 2.0, "GPU": 0.0})
+    with pytest.raises(ResourcesUnavailable) as caught:
+        require(need, wait_s=300, view=lambda: nodes, clock=clock, sleep=clock.sleep, log=lambda line: None)
+    assert clock.now == 0
+    assert "one worker needs 3 CPU on one node, and the largest node has 2 CPU" in str(caught.value)
+    big_enough = ClusterView({"CPU": 6.0}, {"CPU": 6.0}, largest_node={"CPU": 3.0})
+    require(need, wait_s=0, view=lambda: big_enough, clock=clock, sleep=clock.sleep, log=lambda line: None)
+    # an autoscaler may add a larger node: waited for, not refused
+    growing = ClusterView({"CPU": 6.0}, {"CPU": 6.0}, ceiling={"CPU": 64.0}, largest_node={"CPU": 2.0})
+    require(need, wait_s=0, view=lambda: growing, clock=clock, sleep=clock.sleep, log=lambda line: None)

@@ -65,3 +65,50 @@ def test_feedback_log_scores_keeps_rows_and_forgets_old_ids(tmp_path):
     assert list(stored["request_id"]) == ["r2", "r3"] and list(stored["x0"]) == [3.0, 4.0]
     with pytest.raises(RequestError, match="unknown"):
         log.label("r2", [1])  # each answer is labelled once
+
+
+class _FlakyHandle:
+    """A variant handle whose first `failures` calls raise `exc`, as a replica lost with its node does."""
+
+    def __init__(self, failures: int, exc: Exception):
+        self.failures, self.exc, self.calls = failures, exc, 0
+
+    @property
+    def handle_payload(self):
+        return self
+
+    def remote(self, payload):
+        self.calls += 1
+
+        async def answer():
+            if self.calls <= self.failures:
+                raise self.exc
+            return 200, {"predictions": [1]}
+
+        return answer()
+
+
+@pytest.mark.parametrize(("failures", "exc", "calls", "status"), [
+    (2, "died", 3, 200),        # two replicas lost under the call: the third try answers
+    (3, "died", 3, 500),        # still no live replica after the retries: a 500 naming the error
+    (1, "unavailable", 2, 200),
+    (1, "bug", 1, 500),         # the variant's own error is not retried: it would fail again
+])
+def test_a_variant_call_whose_replica_died_is_asked_again(monkeypatch, failures, exc, calls, status):
+    import asyncio
+    from types import SimpleNamespace
+
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+    from ray_app.serve import router
+
+    monkeypatch.setattr(router, "RETRY_PAUSE_S", 0.0)
+    error = {"died": ActorDiedError(), "unavailable": ActorUnavailableError("node lost", b"\0" * 16),
+             "bug": ValueError("bad weights")}[exc]
+    handle = _FlakyHandle(failures, error)
+    cls = router.ABRouter.func_or_class
+    fake = SimpleNamespace(variants={"champion": handle}, _failed=cls._failed)
+    answered, body = asyncio.run(cls._ask(fake, "champion", "handle_payload", {"instances": []}))
+    assert (answered, handle.calls) == (status, calls)
+    if status == 500:
+        assert body["error"] == f"variant champion failed: {type(error).__name__}"

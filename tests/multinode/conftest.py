@@ -1,0 +1,107 @@
+"""A multi-node Ray cluster on this machine for the tests marked `cluster`: a head with no CPUs for work and three
+worker nodes of 2 CPUs, started by the code behind `make cluster-up NODES=n` (ray_app/local_cluster.py).
+
+These tests run in a pytest session of their own (`pytest -m cluster`, the second half of `make test`): a machine
+runs one Ray cluster at a time, and the rest of the suite shares a one-node cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+import yaml
+
+from tests.conftest import BIN, ROOT, free_port, ray_processes, small_config
+
+WORKER_NODES, CPUS_PER_NODE = 3, 2
+
+
+@pytest.fixture(scope="session")
+def cluster(app_home):
+    """The running LocalCluster; stopped however the session ends (tests/session_reaper.py as in the suite)."""
+    from ray_app.config import RuntimePaths
+    from ray_app.local_cluster import start_local_cluster, stop_local_cluster
+
+    stray = ray_processes()
+    if stray:
+        pytest.exit(f"a Ray cluster is already running on this machine ({', '.join(stray)}): stop it with "
+                    "`ray stop --force` (or `make cluster-down`) and run the tests again.", returncode=3)
+    reaper = subprocess.Popen([sys.executable, str(ROOT / "tests" / "session_reaper.py"), str(os.getpid()),
+                               str(BIN / "ray")], start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        local = start_local_cluster(RuntimePaths.resolve(), nodes=WORKER_NODES, cpus_per_node=CPUS_PER_NODE,
+                                    object_store_mb=200, head_port=free_port(), dashboard_port=free_port())
+        os.environ["RAY_DASHBOARD_ADDRESS"] = local.dashboard_url  # the rollout code and Serve's REST API
+        yield local
+    finally:
+        stop_local_cluster()
+        reaper.terminate()
+
+
+@pytest.fixture(scope="session")
+def spec(tmp_path_factory):
+    """A small experiment every job of these tests runs: 2 training workers spread over nodes, 6 epochs."""
+    cfg = small_config(data={"synthetic": {"rows": 1500, "drift": 0.0}},
+                       train={"num_workers": 2, "epochs": 6, "batch_size": 32, "lr": 0.005, "cpus_per_worker": 1,
+                              "placement_strategy": "SPREAD"})
+    path = tmp_path_factory.mktemp("spec") / "cluster.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    return path
+
+
+@dataclass
+class Job:
+    """A finished `ray job submit`: its submission id, the Ray job id of its driver, exit status and output."""
+
+    submission_id: str
+    job_id: str
+    returncode: int
+    output: str
+
+
+def submit(cluster, *entrypoint: str, timeout: float = 600, wait: bool = True) -> Job | str:
+    """`ray job submit --working-dir <repo> -- <entrypoint>`, as the README says; with wait=False, the id only."""
+    command = [str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard_url, "--working-dir", str(ROOT),
+               *([] if wait else ["--no-wait"]), "--", *entrypoint]
+    done = subprocess.run(command, env=cluster.env, capture_output=True, text=True, timeout=timeout)
+    output = done.stdout + done.stderr
+    found = re.search(r"Job '(raysubmit_\w+)' submitted successfully", output)
+    assert found, output[-3000:]
+    if not wait:
+        return found.group(1)
+    return Job(found.group(1), job_id_of(cluster, found.group(1)), done.returncode, output)
+
+
+def job_id_of(cluster, submission_id: str) -> str:
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(cluster.dashboard_url).get_job_info(submission_id).job_id
+
+
+def node_names(cluster) -> dict[str, str]:
+    """Node id -> `head` or the worker's name (each worker node carries a resource named after it)."""
+    from ray.util.state import list_nodes
+
+    names = {}
+    for node in list_nodes(address=cluster.dashboard_url, limit=100):
+        workers = [key for key in node.resources_total if key.startswith("worker-")]
+        names[node.node_id] = workers[0] if workers else "head"
+    return names
+
+
+def actor_nodes(cluster, job_id: str, class_name: str, alive_only: bool = False) -> list[str]:
+    """The node (by name) of every actor of that class the job started, dead or alive."""
+    from ray.util.state import list_actors
+
+    filters = [("job_id", "=", job_id), ("class_name", "=", class_name)]
+    if alive_only:
+        filters.append(("state", "=", "ALIVE"))
+    names = node_names(cluster)
+    return [names.get(actor.node_id, actor.node_id) for actor in
+            list_actors(address=cluster.dashboard_url, filters=filters, limit=1000, raise_on_missing_output=False)]
