@@ -43,9 +43,11 @@ def _connect_for_training(s: Stage, stage: str = "training", dashboard: bool = F
     or say why not."""
     from ray_app.data.preprocess import preflight
     from ray_app.resources import require, training_need
+    from ray_app.train.trainer import check_storage
 
     preflight(s.cfg.data, s.paths.data_dir)  # a bad file or spec is one error line before Ray starts
     connect_ray(s.paths, dashboard=dashboard)
+    check_storage(s.paths.storage_path)  # before the data pass, not after it
     require(training_need(s.cfg, stage), s.args.wait_for_resources, log=lambda line: print(line, file=sys.stderr))
 
 

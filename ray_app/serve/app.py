@@ -116,6 +116,7 @@ class ABArgs(BaseModel):
     feedback_flush_rows: int = Field(100, ge=1)
     monitor: MonitorConfig = MonitorConfig()
     monitor_dir: str | None = None  # default: $RAY_APP_HOME/monitor
+    variant_retries: int = Field(2, ge=0)  # a variant call whose replica died, asked again (/predict, /explain)
 
 
 def ab_app(ab: ABArgs, user_config: dict | None = None) -> Application:
@@ -130,7 +131,7 @@ def ab_app(ab: ABArgs, user_config: dict | None = None) -> Application:
     default = {"experiment": ab.experiment, "weights": {name: 1.0 for name in ab.variants}}
     feedback_dir = ab.feedback_dir or str(RuntimePaths.resolve().home / "feedback")
     return ABRouter.options(user_config=user_config or default, ray_actor_options=replica_options(0.25)).bind(
-        variants, feedback_dir, ab.feedback_flush_rows)
+        variants, feedback_dir, ab.feedback_flush_rows, variant_retries=ab.variant_retries)
 
 
 def build_ab(args: dict) -> Application:

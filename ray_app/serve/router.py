@@ -29,9 +29,9 @@ from ray_app.telemetry import HeldGauges
 
 logger = logging.getLogger("ray.serve")
 LATENCY_BUCKETS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
-# A variant call whose replica died is retried this often, after 0.2 s, then 0.4 s: Serve's handle learns of the
-# death from the failed call and the controller within that time, and the next try goes to a live replica.
-REPLICA_RETRIES = 2
+# A variant call whose replica died is retried this often (by default), after 0.2 s, then 0.4 s: Serve's handle
+# learns of the death from the failed call and the controller within that time, and the next try goes to a live one.
+VARIANT_RETRIES = 2
 RETRY_PAUSE_S = 0.2
 
 
@@ -86,10 +86,11 @@ class ABRouter:
     """Ingress: picks a variant per request, calls it by handle, mirrors to the shadow, says who answered."""
 
     def __init__(self, variants: dict[str, DeploymentHandle], feedback_dir: str | None = None,
-                 feedback_flush_rows: int = 100, remembered_requests: int = 100_000, admin_token: str | None = None):
+                 feedback_flush_rows: int = 100, remembered_requests: int = 100_000, admin_token: str | None = None,
+                 variant_retries: int = VARIANT_RETRIES):
         from ray.serve.metrics import Counter, Gauge, Histogram
 
-        self.variants = variants
+        self.variants, self.variant_retries = variants, variant_retries
         self.settings: RouterSettings | None = None
         # Read in the replica, not passed through the deploy config, where the dashboard would show it.
         self.admin_token = admin_token or RuntimePaths.resolve().admin_token
@@ -193,11 +194,11 @@ class ABRouter:
         changes state and never comes here.)"""
         from ray.exceptions import RayActorError  # ActorDiedError, ActorUnavailableError
 
-        for attempt in range(REPLICA_RETRIES + 1):
+        for attempt in range(self.variant_retries + 1):
             try:
                 return await getattr(self.variants[variant], method).remote(payload)
             except RayActorError as exc:
-                if attempt == REPLICA_RETRIES:
+                if attempt == self.variant_retries:
                     return self._failed(variant, exc)
                 logger.warning("variant %s: replica lost (%s), asking another", variant, type(exc).__name__)
                 await asyncio.sleep(RETRY_PAUSE_S * (attempt + 1))

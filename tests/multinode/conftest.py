@@ -8,10 +8,8 @@ runs one Ray cluster at a time, and the rest of the suite shares a one-node clus
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
-from dataclasses import dataclass
 
 import pytest
 import yaml
@@ -53,55 +51,3 @@ def spec(tmp_path_factory):
     path = tmp_path_factory.mktemp("spec") / "cluster.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     return path
-
-
-@dataclass
-class Job:
-    """A finished `ray job submit`: its submission id, the Ray job id of its driver, exit status and output."""
-
-    submission_id: str
-    job_id: str
-    returncode: int
-    output: str
-
-
-def submit(cluster, *entrypoint: str, timeout: float = 600, wait: bool = True) -> Job | str:
-    """`ray job submit --working-dir <repo> -- <entrypoint>`, as the README says; with wait=False, the id only."""
-    command = [str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard_url, "--working-dir", str(ROOT),
-               *([] if wait else ["--no-wait"]), "--", *entrypoint]
-    done = subprocess.run(command, env=cluster.env, capture_output=True, text=True, timeout=timeout)
-    output = done.stdout + done.stderr
-    found = re.search(r"Job '(raysubmit_\w+)' submitted successfully", output)
-    assert found, output[-3000:]
-    if not wait:
-        return found.group(1)
-    return Job(found.group(1), job_id_of(cluster, found.group(1)), done.returncode, output)
-
-
-def job_id_of(cluster, submission_id: str) -> str:
-    from ray.job_submission import JobSubmissionClient
-
-    return JobSubmissionClient(cluster.dashboard_url).get_job_info(submission_id).job_id
-
-
-def node_names(cluster) -> dict[str, str]:
-    """Node id -> `head` or the worker's name (each worker node carries a resource named after it)."""
-    from ray.util.state import list_nodes
-
-    names = {}
-    for node in list_nodes(address=cluster.dashboard_url, limit=100):
-        workers = [key for key in node.resources_total if key.startswith("worker-")]
-        names[node.node_id] = workers[0] if workers else "head"
-    return names
-
-
-def actor_nodes(cluster, job_id: str, class_name: str, alive_only: bool = False) -> list[str]:
-    """The node (by name) of every actor of that class the job started, dead or alive."""
-    from ray.util.state import list_actors
-
-    filters = [("job_id", "=", job_id), ("class_name", "=", class_name)]
-    if alive_only:
-        filters.append(("state", "=", "ALIVE"))
-    names = node_names(cluster)
-    return [names.get(actor.node_id, actor.node_id) for actor in
-            list_actors(address=cluster.dashboard_url, filters=filters, limit=1000, raise_on_missing_output=False)]

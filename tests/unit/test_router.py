@@ -107,7 +107,7 @@ def test_a_variant_call_whose_replica_died_is_asked_again(monkeypatch, failures,
              "bug": ValueError("bad weights")}[exc]
     handle = _FlakyHandle(failures, error)
     cls = router.ABRouter.func_or_class
-    fake = SimpleNamespace(variants={"champion": handle}, _failed=cls._failed)
+    fake = SimpleNamespace(variants={"champion": handle}, variant_retries=2, _failed=cls._failed)
     answered, body = asyncio.run(cls._ask(fake, "champion", "handle_payload", {"instances": []}))
     assert (answered, handle.calls) == (status, calls)
     if status == 500:
