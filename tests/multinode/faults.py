@@ -206,12 +206,18 @@ class TrainingFault:
     workers: list[str]
 
     @property
+    def resumed_at(self) -> int | None:
+        """The first epoch printed after the restart (None: no restart)."""
+        return next((self.epochs[i] for i in range(1, len(self.epochs)) if self.epochs[i] <= self.epochs[i - 1]),
+                    None)
+
+    @property
     def redone(self) -> int:
-        """Epochs printed again after the restart (0: it resumed right after the last one printed)."""
-        for i in range(1, len(self.epochs)):
-            if self.epochs[i] <= self.epochs[i - 1]:
-                return self.epochs[i - 1] - self.epochs[i] + 1
-        return 0
+        """Epochs trained again after the restart: those finished after the last checkpoint it resumed from."""
+        if self.resumed_at is None:
+            return 0
+        restart = next(i for i in range(1, len(self.epochs)) if self.epochs[i] <= self.epochs[i - 1])
+        return self.epochs[restart - 1] - self.resumed_at + 1
 
 
 def node_killed_mid_training(cluster, entrypoint: list[str], after_epochs: int = 2,

@@ -127,7 +127,10 @@ def test_a_node_killed_mid_training_resumes_from_the_last_checkpoint(cluster, sp
           f"workers on {fault.workers}")
     assert fault.status == "SUCCEEDED", fault.logs[-4000:]
     assert fault.epochs[-1] == 6 and set(fault.epochs) == set(range(1, 7)), fault.epochs
-    assert fault.redone <= 1, fault.epochs  # from the last registered checkpoint (the epoch in flight is redone)
+    # it resumed from the last checkpoint there was when the node died, not from an earlier one: the epochs its
+    # workers finished while Ray had not yet noticed the loss (a second or two here) are trained again
+    assert fault.resumed_at is not None and fault.killed_after + 1 <= fault.resumed_at <= fault.killed_after + 2, \
+        fault.epochs
     assert len(fault.workers) >= 4 and fault.node in fault.workers, fault.workers  # a new group after the loss
     # the first roc_auc each prints is the holdout's (`train` prints JSON, `pipeline` a line)
     killed, unkilled = (float(re.search(r"[\"']roc_auc[\"']: ([0-9.]+)", text).group(1))
