@@ -120,17 +120,17 @@ def _get(url: str) -> dict | None:
 
 
 def test_a_node_killed_mid_training_resumes_from_the_last_checkpoint(cluster, spec, pipeline_job):
+    # killed after the first epoch: the five left outlast the second or two Ray takes to notice the loss
     fault = node_killed_mid_training(cluster, ["ray-app", "train", "--spec", str(spec), "--run-name",
-                                               "killed-node-run"])
+                                               "killed-node-run"], after_epochs=1)
     print(f"\n[fault] node killed mid-training ({fault.node} after epoch {fault.killed_after} of 6): epochs "
           f"printed {fault.epochs}, {fault.redone} redone, finished {fault.finished_s:.0f} s after the kill; "
           f"workers on {fault.workers}")
     assert fault.status == "SUCCEEDED", fault.logs[-4000:]
     assert fault.epochs[-1] == 6 and set(fault.epochs) == set(range(1, 7)), fault.epochs
-    # it resumed from the last checkpoint there was when the node died, not from an earlier one: the epochs its
-    # workers finished while Ray had not yet noticed the loss (a second or two here) are trained again
-    assert fault.resumed_at is not None and fault.killed_after + 1 <= fault.resumed_at <= fault.killed_after + 2, \
-        fault.epochs
+    # it resumed from a checkpoint at least as recent as the last epoch reported before the kill (never from
+    # scratch); the epochs its workers finished while Ray had not yet noticed the loss are trained again
+    assert fault.resumed_at is not None and fault.resumed_at >= fault.killed_after + 1, fault.epochs
     assert len(fault.workers) >= 4 and fault.node in fault.workers, fault.workers  # a new group after the loss
     # the first roc_auc each prints is the holdout's (`train` prints JSON, `pipeline` a line)
     killed, unkilled = (float(re.search(r"[\"']roc_auc[\"']: ([0-9.]+)", text).group(1))
