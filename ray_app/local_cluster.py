@@ -122,7 +122,7 @@ class LocalCluster:
         return node
 
     def alive_nodes(self) -> int:
-        """How many nodes the GCS counts alive (the head included), read with `ray status`-free State API."""
+        """How many nodes the GCS counts alive, the head included (State API)."""
         from ray.util.state import list_nodes
 
         return sum(1 for node in list_nodes(address=self.dashboard_url) if node.state == "ALIVE")
