@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import httpx
 import yaml
+
+from tests.conftest import LoadThreads
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRESS = re.compile(r"\[[#-]{10}\] (\d+)/(\d+) train_loss")  # a training epoch's line (ray_app.console)
@@ -111,15 +112,15 @@ def serve_cli(env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
-class Traffic:
+class Traffic(LoadThreads):
     """Clients posting /predict in a loop, each request's (time, outcome) kept: 200, a status, or `conn`."""
 
     def __init__(self, url: str, row: dict, clients: int = 4):
-        self.url, self.row, self.stop = url, row, threading.Event()
+        super().__init__(clients)
+        self.url, self.row = url, row
         self.results: list[tuple[float, str]] = []
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
 
-    def _run(self) -> None:
+    def _run(self, n: int) -> None:
         with httpx.Client(timeout=30) as client:
             while not self.stop.is_set():
                 headers = {"x-user-id": uuid.uuid4().hex}
@@ -128,16 +129,6 @@ class Traffic:
                 except httpx.HTTPError:
                     status = "conn"
                 self.results.append((time.monotonic(), status))
-
-    def __enter__(self):
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=60)
 
 
 @dataclass
