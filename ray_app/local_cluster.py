@@ -37,10 +37,17 @@ HEAD_WORKER_PORTS = (10002, 10999)
 WORKER_PORT_SPAN = 1000
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports on 127.0.0.1, all bound at once: one socket at a time, the OS may hand the port
+    just released to the next (`ray start` then refuses two components on one port)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def shared_storage_uri(paths: RuntimePaths) -> str:
@@ -108,24 +115,31 @@ class LocalCluster:
         if index > MAX_WORKER_NODES:
             raise UserError(f"at most {MAX_WORKER_NODES} worker nodes on one machine (worker port ranges)")
         low = HEAD_WORKER_PORTS[1] + 1 + (index - 1) * WORKER_PORT_SPAN
-        node = WorkerNode(name=f"worker-{index}", cpus=cpus, node_manager_port=_free_port())
+        manager, objects, metrics, agent, agent_grpc, runtime_env = free_ports(6)
+        node = WorkerNode(name=f"worker-{index}", cpus=cpus, node_manager_port=manager)
         _ray_start(self.env, timeout_s, f"--address={self.address}", "--node-ip-address=127.0.0.1",
-                   f"--num-cpus={cpus}", f"--node-manager-port={node.node_manager_port}",
-                   f"--object-manager-port={_free_port()}", f"--metrics-export-port={_free_port()}",
-                   f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-                   f"--runtime-env-agent-port={_free_port()}", f"--min-worker-port={low}",
+                   f"--num-cpus={cpus}", f"--node-manager-port={manager}", f"--object-manager-port={objects}",
+                   f"--metrics-export-port={metrics}", f"--dashboard-agent-listen-port={agent}",
+                   f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
+                   f"--min-worker-port={low}",
                    f"--max-worker-port={low + WORKER_PORT_SPAN - 1}",
                    f"--object-store-memory={self.object_store_mb * 1024**2}",
                    f"--resources={json.dumps({node.name: 1})}",
                    f"--temp-dir={node.temp_dir}")
         self.workers.append(node)
+        deadline = time.monotonic() + timeout_s
+        while not self._alive(node.name):
+            if time.monotonic() > deadline:
+                raise UserError(f"{node.name} did not join the cluster at {self.address} within {timeout_s:.0f} s")
+            time.sleep(1)
         return node
 
-    def alive_nodes(self) -> int:
-        """How many nodes the GCS counts alive, the head included (State API)."""
+    def _alive(self, name: str) -> bool:
+        """Whether the GCS counts the node carrying resource `name` alive (State API)."""
         from ray.util.state import list_nodes
 
-        return sum(1 for node in list_nodes(address=self.dashboard_url) if node.state == "ALIVE")
+        return any(node.state == "ALIVE" and name in node.resources_total
+                   for node in list_nodes(address=self.dashboard_url, limit=100))
 
 
 def _ray_start(env: dict[str, str], timeout_s: float, *args: str) -> None:
@@ -167,11 +181,6 @@ def start_local_cluster(paths: RuntimePaths, nodes: int = 1, cpus_per_node: int 
     cpus = cpus_per_node or default_cpus_per_node(nodes)
     for _ in range(nodes):
         cluster.add_worker(cpus)
-    deadline = time.monotonic() + 120
-    while cluster.alive_nodes() < nodes + 1:
-        if time.monotonic() > deadline:
-            raise UserError(f"only {cluster.alive_nodes()} of {nodes + 1} nodes joined within 120 s")
-        time.sleep(1)
     return cluster
 
 

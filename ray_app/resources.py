@@ -66,8 +66,7 @@ def _fmt(resources: dict[str, float]) -> str:
 
 
 def fits_now(need: Need, view: ClusterView) -> bool:
-    return all(view.available.get(k, 0.0) + 1e-9 >= v for k, v in need.resources.items() if v > 0) and \
-        not _worker_too_big(need, view)
+    return all(view.available.get(k, 0.0) + 1e-9 >= v for k, v in need.resources.items() if v > 0)
 
 
 def never_fits(need: Need, view: ClusterView) -> bool:
@@ -156,10 +155,10 @@ def require(need: Need, wait_s: float = WAIT_S, log: Callable[[str], None] = pri
     start, reported = clock(), None
     while True:
         current = view()
+        if never_fits(need, current):  # first: a worker too big for every node fits the totals "now"
+            raise ResourcesUnavailable(explain(need, current))
         if fits_now(need, current):
             return
-        if never_fits(need, current):
-            raise ResourcesUnavailable(explain(need, current))
         waited = clock() - start
         if waited >= wait_s:
             raise ResourcesUnavailable(f"waited {waited:.0f} s: {explain(need, current)}")

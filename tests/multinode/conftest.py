@@ -14,7 +14,7 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import BIN, ROOT, free_port, ray_processes, small_config
+from tests.conftest import BIN, ROOT, ray_processes, small_config
 
 WORKER_NODES, CPUS_PER_NODE = 3, 2
 
@@ -23,7 +23,7 @@ WORKER_NODES, CPUS_PER_NODE = 3, 2
 def cluster(app_home):
     """The running LocalCluster; stopped however the session ends (tests/session_reaper.py as in the suite)."""
     from ray_app.config import RuntimePaths
-    from ray_app.local_cluster import start_local_cluster, stop_local_cluster
+    from ray_app.local_cluster import free_ports, start_local_cluster, stop_local_cluster
 
     stray = ray_processes()
     if stray:
@@ -33,8 +33,9 @@ def cluster(app_home):
                                str(BIN / "ray")], start_new_session=True, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
+        head_port, dashboard_port = free_ports(2)
         local = start_local_cluster(RuntimePaths.resolve(), nodes=WORKER_NODES, cpus_per_node=CPUS_PER_NODE,
-                                    object_store_mb=200, head_port=free_port(), dashboard_port=free_port())
+                                    object_store_mb=200, head_port=head_port, dashboard_port=dashboard_port)
         os.environ["RAY_DASHBOARD_ADDRESS"] = local.dashboard_url  # the rollout code and Serve's REST API
         yield local
     finally:

@@ -37,3 +37,11 @@ def test_layouts_that_cannot_work_are_refused_before_anything_starts(tmp_path, n
     with pytest.raises(UserError, match=message):
         start_local_cluster(paths, nodes=nodes, base_env=env)
     assert not (tmp_path / "ray_results").exists()  # refused before it created anything
+
+
+def test_a_nodes_ports_are_distinct():
+    from ray_app.local_cluster import free_ports
+
+    for _ in range(50):
+        ports = free_ports(6)
+        assert len(set(ports)) == 6
