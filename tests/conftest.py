@@ -80,6 +80,9 @@ def ray_cluster(app_home):
     os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
     os.environ["RAY_APP_ADMIN_TOKEN"] = ADMIN_TOKEN
     os.environ["RAY_DASHBOARD_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
+    # Ray Train's controller polls its workers every 2 s, so each run ended ~2-4 s after its last epoch; the suite
+    # runs ~40 of them. A missed poll is not a failure (a worker is declared dead after 10 minutes of them).
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"
     env = dict(os.environ)
     # The token `ray start` and the `serve`/`ray job` CLIs read (~/.ray/auth_token); made once if missing.
     _run([str(BIN / "ray"), "get-auth-token", "--generate"], env, timeout=60)
@@ -223,9 +226,12 @@ def start_prometheus(folder: Path, metrics_target: str, interval: str = "1s", **
     return url, proc
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def prometheus(ray_cluster, tmp_path_factory) -> str:
-    """A real Prometheus on loopback scraping this session's Ray metrics every 3 s; yields its URL.
+    """A real Prometheus on loopback scraping this session's Ray metrics every 3 s, for one module; yields its URL.
+
+    Per module, not per session: each scrape of Ray's metrics page costs the cluster CPU, and a Prometheus
+    left scraping after the module that needed it made the tuning tests run ~20% slower.
 
     Not every second: Ray's metrics agent keeps every counter and histogram series of every process the session
     ever ran, and late in the suite its page held ~27,000 samples and took about a second to serve on two busy
