@@ -286,9 +286,10 @@ class MonitorConfig(_Strict):
     alpha: float = Field(0.01, gt=0, lt=1)      # family-wise, Bonferroni-corrected across features
     min_effect: float = Field(0.1, ge=0)         # PSI floor: 0.1 moderate, 0.25 large
     min_rows: int = Field(200, ge=1)             # a window with fewer rows is profiled but not judged
-    # A variant profiles its buffer at this many rows or this often, off the request path; whylogs profiles
-    # ~100k rows/s in batches of 10,000 but ~11k rows/s in batches of 256 (bench/monitor.py).
-    flush_rows: int = Field(4096, ge=1)
+    # A variant profiles its buffer at this many rows or this often, off the request path. Profiling and the
+    # monitor's merge cost ~2.6 us a row in batches of 16,384, ~5.9 in batches of 4,096 and ~78 in batches of 256
+    # (6 numeric + 2 categorical features, one core); a batch holds the replica's GIL ~35 ms (bench/RESULTS.md).
+    flush_rows: int = Field(16384, ge=1)
     flush_s: float = Field(30.0, gt=0)
     # share of requests profiled: at high traffic a sample describes the inputs as well, for less CPU
     sample_fraction: float = Field(1.0, gt=0, le=1)

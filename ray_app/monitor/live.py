@@ -43,6 +43,12 @@ class LiveProfiler:
         elif self.rows >= self.settings.flush_rows and not self._flushing:
             self._flush_soon()
 
+    def warm(self) -> None:
+        """Profile one row now, at model load: whylogs' import and first use cost ~1 s of the replica's CPU and
+        GIL, and on the first flush they stalled the requests in flight (bench/RESULTS.md, monitoring)."""
+        numeric = np.zeros((1, len(self.schema.numeric)), dtype=np.float32)
+        self._profile([(numeric, [[""] for _ in self.schema.categorical], [0])])
+
     def close(self) -> None:
         """Stop the periodic flush and send what is buffered (the variant moved to another model)."""
         if self.task is not None:

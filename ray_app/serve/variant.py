@@ -77,6 +77,7 @@ class ModelVariant:
                                   regression=schema.task == "regression")
             profiler = LiveProfiler(self.monitor, ref.name, self.variant, bundle.reference_profile, stream,
                                     self.monitor_settings)
+            profiler.warm()
         path = (bundle.compile(self.settings.parity_tolerance) if self.settings.fast_path
                 else "slow path (transform_batch + torch): serve.fast_path is off")
         return model_uri, bundle, ref, profiler, path
