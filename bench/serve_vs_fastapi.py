@@ -9,8 +9,13 @@ One run, one machine, one bundle. Each server runs in its own process (and its o
   serve-5ms      `serve` with batch_wait_timeout_s 0.005 (the old default) instead of 0
   haproxy        `serve` behind Ray's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1 for the controller)
   haproxy-opt    the same plus RAY_SERVE_THROUGHPUT_OPTIMIZED=1
-  haproxy-unbatched, haproxy-nomon   `haproxy` without @serve.batch / without monitoring
+  haproxy-unbatched, haproxy-nomon, haproxy-opt-nomon   without @serve.batch / without monitoring
+  serve-opt      `serve` plus RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (default proxy)
   router         the A/B router (one variant at weight 1) in front of `haproxy`
+  router-opt     the router in front of `haproxy-opt`
+  router-actor   `router` calling its variant by Ray actor call instead of gRPC (the transport before 2026-12-02)
+  router-sameloop  `router` with RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0 for the whole cluster (now the replicas'
+                 default, so it equals `router` on today's code)
   serve-before   `serve` from another checkout (`--before PATH`, e.g. a worktree of the commit before a change)
 
     python bench/serve_vs_fastapi.py [--cells fastapi,serve,haproxy,...] [--clients 1,16,64] [--duration 10]
@@ -42,9 +47,14 @@ CELLS: dict[str, dict] = {
     "serve-5ms": {"wait": 0.005},
     "haproxy": {"env": HAPROXY},
     "haproxy-opt": {"env": {**HAPROXY, "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}},
+    "haproxy-opt-nomon": {"env": {**HAPROXY, "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}, "monitor": False},
+    "serve-opt": {"env": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}},
     "haproxy-unbatched": {"env": HAPROXY, "batching": False},
     "haproxy-nomon": {"env": HAPROXY, "monitor": False},
     "router": {"env": HAPROXY, "router": True},
+    "router-opt": {"env": {**HAPROXY, "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}, "router": True},
+    "router-actor": {"env": HAPROXY, "router": True, "calls": "actor"},
+    "router-sameloop": {"env": {**HAPROXY, "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}, "router": True},
     "serve-before": {},
 }
 PORT = 8013
@@ -95,7 +105,9 @@ def serve_cell(cell: str, folder: str, port: int) -> None:
     monitor = monitor_app(MonitorConfig(), tempfile.mkdtemp()) if spec.get("monitor", True) else None
     variant = variant_app(VariantArgs(model_uri=folder, variant="bench", serve=settings,
                                       batching=spec.get("batching", True)), loader=BundleDirLoader(), monitor=monitor)
-    app = (ABRouter.options(user_config={"experiment": "bench", "weights": {"bench": 1}}).bind({"bench": variant})
+    calls = {"variant_calls": spec["calls"]} if "calls" in spec else {}  # an older checkout may lack the argument
+    app = (ABRouter.options(user_config={"experiment": "bench", "weights": {"bench": 1}}).bind({"bench": variant},
+                                                                                                **calls)
            if spec.get("router") else variant)
     serve.run(app, name="bench", route_prefix="/")
     signal.signal(signal.SIGTERM, lambda *_: (serve.shutdown(), ray.shutdown(), sys.exit(0)))
@@ -104,7 +116,8 @@ def serve_cell(cell: str, folder: str, port: int) -> None:
         time.sleep(3600)
 
 
-def start_server(cell: str, folder: str, port: int, log: Path, before: Path | None = None) -> subprocess.Popen:
+def start_server(cell: str, folder: str, port: int, log: Path, body_file: Path,
+                 before: Path | None = None) -> subprocess.Popen:
     if cell == "fastapi":
         code = (f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import uvicorn, serve_vs_fastapi as b; "
                 f"uvicorn.run(b.fastapi_app({folder!r}), host='127.0.0.1', port={port}, log_level='warning')")
@@ -115,10 +128,11 @@ def start_server(cell: str, folder: str, port: int, log: Path, before: Path | No
     env = {**os.environ, **({"PYTHONPATH": str(before)} if other else {})}
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, env=env,
                             cwd=before if other else None)
-    deadline = time.monotonic() + 240
+    deadline, body = time.monotonic() + 240, body_file.read_bytes()
     while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code in (200, 404, 405):
+        try:  # ready is a scored row: HAProxy answers 404 for 1-2 s while Serve hands it the route
+            if httpx.post(f"http://127.0.0.1:{port}/predict", content=body, timeout=2,
+                          headers={"content-type": "application/json"}).status_code == 200:
                 return proc
         except httpx.HTTPError:
             pass
@@ -175,7 +189,8 @@ def main() -> None:
     results: dict[tuple[str, int], dict] = {}
     for cell in args.cells.split(","):
         started = time.time()
-        proc = start_server(cell, str(folder), args.port, args.out / f"server-{cell}.log", args.before)
+        proc = start_server(cell, str(folder), args.port, args.out / f"server-{cell}.log", body_file,
+                            args.before)
         try:
             for n in clients:
                 results[(cell, n)] = load(f"http://127.0.0.1:{args.port}/predict", body_file, n, args.duration)
@@ -193,6 +208,7 @@ def main() -> None:
         ratio = (f"{r['rps'] / base['rps']:.3f} | {r['p50'] / base['p50']:.2f}" if base else "- | -")
         print(f"| {cell} | {n} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['errors']} | {ratio} |")
     pairs = [("serve", "serve-before", "rps"), ("serve", "serve-before", "p50"), ("router", "haproxy", "p50"),
+             ("router", "router-actor", "rps"), ("router", "router-actor", "p50"),
              ("haproxy", "haproxy-nomon", "rps"), ("serve-5ms", "serve", "rps"), ("serve-5ms", "serve", "p50"),
              ("serve", "serve-slow", "rps"), ("haproxy-opt", "haproxy", "rps"), ("haproxy-unbatched", "haproxy", "rps")]
     for a, b, key in pairs:

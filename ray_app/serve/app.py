@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
@@ -11,8 +13,10 @@ from ray_app.serve.weights import variant_deployment
 
 # Replicas run user code on their own event loop rather than Ray's default second thread: both deployments keep
 # CPU work off the loop (batching, `asyncio.to_thread`), and bench/serve_ab.py measured a cheaper router hop this
-# way (p50 +10% at 1 client and -8% at 16, against +13% and +15% with Ray's default; bench/RESULTS.md).
-REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+# way (p50 +10% at 1 client and -8% at 16, against +13% and +15% with Ray's default; bench/RESULTS.md). A handle's
+# request router runs on that loop too, not on a loop of its own in another thread (as Ray's throughput-optimised
+# mode sets it): the A/B router answered 1.4x the req/s at 1 client and 1.13x at 64 (bench/RESULTS.md, 2026-12-02).
+REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
 # Ray's HAProxy ingress (a cluster-level setting, read by the Serve controller): ~1 ms of CPU per request instead of
 # the default proxy's ~4.5 ms here (bench/RESULTS.md). Its frontend binds `http_options.host` (127.0.0.1 here); its
 # stats (8404) and metrics (9101) listeners and the replicas' direct-ingress ports (30000-31000) bind all interfaces.
@@ -117,6 +121,7 @@ class ABArgs(BaseModel):
     monitor: MonitorConfig = MonitorConfig()
     monitor_dir: str | None = None  # default: $RAY_APP_HOME/monitor
     variant_retries: int = Field(2, ge=0)  # a variant call whose replica died, asked again (/predict, /explain)
+    variant_calls: Literal["grpc", "actor"] = "grpc"  # the router's transport to its variants (router.py)
 
 
 def ab_app(ab: ABArgs, user_config: dict | None = None) -> Application:
@@ -131,7 +136,8 @@ def ab_app(ab: ABArgs, user_config: dict | None = None) -> Application:
     default = {"experiment": ab.experiment, "weights": {name: 1.0 for name in ab.variants}}
     feedback_dir = ab.feedback_dir or str(RuntimePaths.resolve().home / "feedback")
     return ABRouter.options(user_config=user_config or default, ray_actor_options=replica_options(0.25)).bind(
-        variants, feedback_dir, ab.feedback_flush_rows, variant_retries=ab.variant_retries)
+        variants, feedback_dir, ab.feedback_flush_rows, variant_retries=ab.variant_retries,
+        variant_calls=ab.variant_calls)
 
 
 def build_ab(args: dict) -> Application:

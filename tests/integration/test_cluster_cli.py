@@ -95,7 +95,7 @@ def test_a_stage_with_local_runs_on_a_private_ray_next_to_the_cluster(ray_cluste
 
 def test_ray_app_serve_behind_the_haproxy_ingress(champion, ray_cluster, tmp_path):
     """README, "Serving": `ray-app serve --ingress haproxy` on a private Ray answers through Ray's HAProxy
-    ingress (its stats page on 8404 is up), and Ctrl-C takes it all down."""
+    ingress (its stats page on 8404 is up) from the moment it says it is serving, and Ctrl-C takes it all down."""
     import psutil
 
     env = {k: v for k, v in ray_cluster["env"].items() if k != "RAY_ADDRESS"}
@@ -104,8 +104,11 @@ def test_ray_app_serve_behind_the_haproxy_ingress(champion, ray_cluster, tmp_pat
                              "--model-uri", f"models:/{champion.model.name}@champion"], env=env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        schema = wait_until(lambda: proc.poll() is None and _get_json(f"http://127.0.0.1:{port}/schema"),
-                            timeout=300, what=f"ray-app serve --ingress haproxy ({log})")
+        wait_until(lambda: proc.poll() is None and "serving models:/" in log.read_text(), interval=0.05,
+                   timeout=300, what=f"ray-app serve --ingress haproxy to say it serves ({log})")
+        first = httpx.get(f"http://127.0.0.1:{port}/schema", timeout=30)  # asked at once: HAProxy answered 404
+        assert first.status_code == 200, first.text  # for 1-2 s after serve.run before the CLI waited for it
+        schema = first.json()
         row = {name: 0.1 for name in schema["schema"]["numeric"]}
         row.update({name: values[0] for name, values in schema["schema"]["categorical"].items()})
         answer = httpx.post(f"http://127.0.0.1:{port}/predict", json={"instances": [row]}, timeout=30)
