@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
 from ray_app.config import ExperimentConfig, MonitorConfig, RuntimePaths, ServeSettings
+from ray_app.serve.router import ABRouter, VariantCalls
 from ray_app.serve.variant import ModelVariant, RegistryLoader
 from ray_app.serve.weights import variant_deployment
 
@@ -121,13 +120,11 @@ class ABArgs(BaseModel):
     monitor: MonitorConfig = MonitorConfig()
     monitor_dir: str | None = None  # default: $RAY_APP_HOME/monitor
     variant_retries: int = Field(2, ge=0)  # a variant call whose replica died, asked again (/predict, /explain)
-    variant_calls: Literal["grpc", "actor"] = "grpc"  # the router's transport to its variants (router.py)
+    variant_calls: VariantCalls = "grpc"  # the router's transport to its variants (router.py)
 
 
 def ab_app(ab: ABArgs, user_config: dict | None = None) -> Application:
     """An ABRouter in front of one ModelVariant per model URI; without `user_config` the split is even."""
-    from ray_app.serve.router import ABRouter
-
     monitor = monitor_app(ab.monitor, ab.monitor_dir) if ab.monitor.enabled else None
     variants = {name: variant_app(VariantArgs(model_uri=uri, tracking_uri=ab.tracking_uri, variant=name,
                                               num_cpus=ab.num_cpus, batching=ab.batching, monitor=ab.monitor),
