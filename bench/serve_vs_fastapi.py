@@ -14,8 +14,6 @@ One run, one machine, one bundle. Each server runs in its own process (and its o
   router         the A/B router (one variant at weight 1) in front of `haproxy`
   router-opt     the router in front of `haproxy-opt`
   router-actor   `router` calling its variant by Ray actor call instead of gRPC (the transport before 2026-12-02)
-  router-sameloop  `router` with RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0 for the whole cluster (now the replicas'
-                 default, so it equals `router` on today's code)
   serve-before   `serve` from another checkout (`--before PATH`, e.g. a worktree of the commit before a change)
 
     python bench/serve_vs_fastapi.py [--cells fastapi,serve,haproxy,...] [--clients 1,16,64] [--duration 10]
@@ -54,7 +52,6 @@ CELLS: dict[str, dict] = {
     "router": {"env": HAPROXY, "router": True},
     "router-opt": {"env": {**HAPROXY, "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}, "router": True},
     "router-actor": {"env": HAPROXY, "router": True, "calls": "actor"},
-    "router-sameloop": {"env": {**HAPROXY, "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}, "router": True},
     "serve-before": {},
 }
 PORT = 8013

@@ -106,8 +106,9 @@ def test_ray_app_serve_behind_the_haproxy_ingress(champion, ray_cluster, tmp_pat
     try:
         wait_until(lambda: proc.poll() is None and "serving models:/" in log.read_text(), interval=0.05,
                    timeout=300, what=f"ray-app serve --ingress haproxy to say it serves ({log})")
-        first = httpx.get(f"http://127.0.0.1:{port}/schema", timeout=30)  # asked at once: HAProxy answered 404
-        assert first.status_code == 200, first.text  # for 1-2 s after serve.run before the CLI waited for it
+        # asked at once: HAProxy answers 404 for a route until Serve has handed it over, which must be done by then
+        first = httpx.get(f"http://127.0.0.1:{port}/schema", timeout=30)
+        assert first.status_code == 200, first.text
         schema = first.json()
         row = {name: 0.1 for name in schema["schema"]["numeric"]}
         row.update({name: values[0] for name, values in schema["schema"]["categorical"].items()})
