@@ -63,6 +63,14 @@ class Sample:
     tree_gb: float
     code: int
     spilled_mib: int = 0
+    profiled_rows_s: float | None = None  # validate: rows over the profiling pass's seconds, from its report line
+
+
+def profiling_rate(log: Path) -> float | None:
+    """Rows per second of the data gate's profiling pass, from the line `ray-app validate` prints:
+    "data gate: <source> (N rows, profiled in S s): ..."."""
+    found = re.search(r"\((\d+) rows, profiled in ([\d.]+) s\)", log.read_text(errors="replace"))
+    return int(found.group(1)) / float(found.group(2)) if found and float(found.group(2)) > 0 else None
 
 
 def spilled_mib(log: Path, home_logs: Path, since: float) -> int:
@@ -138,9 +146,13 @@ def bench(rows: int, out: Path, trees: dict[str, Path], only: list[str] | None =
             if only and name.split()[0] not in only:
                 continue
             key = f"{name} [{tag}]" if len(trees) > 1 else name
-            results[key] = sample = run_measured(cmd, env, work / f"{tag}-{name.split()[0]}.log", cwd=tree)
+            log = work / f"{tag}-{name.split()[0]}.log"
+            results[key] = sample = run_measured(cmd, env, log, cwd=tree)
+            sample.profiled_rows_s = profiling_rate(log) if name == "validate" else None
+            profiled = f"  profiled {sample.profiled_rows_s:,.0f} rows/s" if sample.profiled_rows_s else ""
             print(f"  {rows:>11,} rows  {key:<26} {sample.seconds:7.1f} s  driver {sample.driver_gb:.2f} GB  "
-                  f"tree {sample.tree_gb:.2f} GB  spilled {sample.spilled_mib} MiB  exit {sample.code}", flush=True)
+                  f"tree {sample.tree_gb:.2f} GB  spilled {sample.spilled_mib} MiB  exit {sample.code}{profiled}",
+                  flush=True)
     return results
 
 
@@ -156,7 +168,7 @@ def profiling_speed(data: Path) -> dict[tuple[str, bool], float]:
     spec = FeatureSpec(label="label", numeric=[f"x{i}" for i in range(14)], categorical=[f"c{j}" for j in range(6)],
                        task="classification")
     columns = GateColumns.of(spec, None, {c: str(t) for c, t in frame.dtypes.items()})
-    work = {"gate view": lambda: profile_frame(gate_view(frame, columns)[0]),
+    work = {"gate view": lambda: profile_frame(gate_view(frame, columns)[0], cardinality=False),
             "numeric only": lambda: profile_frame(frame[[f"x{i}" for i in range(14)]])}
 
     def best(run) -> float:
@@ -193,13 +205,14 @@ def main() -> None:
               f"with whylogs' own code ({fast / slow:.1f}x)")
     first = table[counts[0]]
     print(f"\n| rows | stage | wall s | driver peak RSS GB | process tree peak RSS GB | spilled MiB | exit | "
-          f"driver vs {counts[0]:,} rows |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"driver vs {counts[0]:,} rows | data gate profiling, rows/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for rows, results in table.items():
         for name, s in results.items():
             ratio = s.driver_gb / first[name].driver_gb if first[name].driver_gb else float("nan")
+            profiled = f"{s.profiled_rows_s:,.0f}" if s.profiled_rows_s else ""
             print(f"| {rows:,} | {name} | {s.seconds:.1f} | {s.driver_gb:.2f} | {s.tree_gb:.2f} | "
-                  f"{s.spilled_mib} | {s.code} | {ratio:.2f}x |")
+                  f"{s.spilled_mib} | {s.code} | {ratio:.2f}x | {profiled} |")
 
 
 if __name__ == "__main__":

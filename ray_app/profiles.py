@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import importlib
 import os
+import sys
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from typing import Any
@@ -21,6 +24,8 @@ def _whylogs():
     os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "1")
     if not hasattr(np, "unicode_"):
         np.unicode_ = np.str_  # whylogs 1.6.4 still refers to the NumPy 1 alias
+    if "whylogs" not in sys.modules:
+        _import_without_sklearn("whylogs")
     import whylogs
     from whylogs.core.metrics.metrics import CardinalityMetric, FrequentItemsMetric
     from whylogs.core.metrics.unicode_range import UnicodeRangeMetric
@@ -39,6 +44,21 @@ def _whylogs():
             _ORIGINALS[owner, name] = owner.__dict__.get(name)
             setattr(owner, name, speedup(getattr(owner, name)))
     return whylogs
+
+
+def _import_without_sklearn(module: str) -> None:
+    """Import `module` while scikit-learn looks absent, when nothing has imported it yet. whylogs' `core.stubs`
+    imports `sklearn.cluster` and friends (with scipy.stats: ~1 s, nine tenths of whylogs' import) for its
+    experimental embedding metrics alone, which take stand-ins when it is missing; every Ray worker and replica that
+    profiles would pay that second at its first batch. scikit-learn stays importable afterwards."""
+    blocked = "sklearn" not in sys.modules
+    if blocked:
+        sys.modules["sklearn"] = None  # an import of it raises ImportError while this entry stands
+    try:
+        importlib.import_module(module)
+    finally:
+        if blocked and sys.modules.get("sklearn", 0) is None:
+            del sys.modules["sklearn"]
 
 
 @contextmanager
@@ -71,11 +91,14 @@ def _vectorised_split(original):
             if dtype.kind == "f":
                 missing = np.isnan(values)
                 self.null_count = self.nan_count = int(missing.sum())
-                floats = values[~missing].astype(float)
+                floats = (values[~missing] if self.null_count else values).astype(float, copy=False)
                 self.inf_count = int(np.isinf(floats).sum())
                 self.numpy.floats = floats
             else:
                 self.numpy.ints = values.astype(int)
+            return
+        if is_arrow_text(series):
+            _split_arrow_text(self, series)
             return
         if isinstance(dtype, np.dtype) and dtype.kind == "O":
             present = series.notna().to_numpy()
@@ -90,6 +113,40 @@ def _vectorised_split(original):
         original(self, series, parse_numeric_string)
 
     return split
+
+
+def is_arrow_text(series: pd.Series) -> bool:
+    """Whether a column is Arrow-backed text: pandas 3's `str` and `string[pyarrow]`, or `large_string[pyarrow]` as
+    Ray Data's pandas batches hold it. The adapter sorts such a column in bulk."""
+    dtype = series.dtype
+    if isinstance(dtype, pd.StringDtype):
+        return dtype.storage == "pyarrow"
+    if isinstance(dtype, pd.ArrowDtype):
+        import pyarrow as pa
+
+        return pa.types.is_string(dtype.pyarrow_dtype) or pa.types.is_large_string(dtype.pyarrow_dtype)
+    return False
+
+
+def _split_arrow_text(column, series: pd.Series) -> None:
+    """An Arrow-backed text column (what Parquet and pandas 3 give) sorted without a Python object per value: nulls
+    and the counts of each distinct value come from Arrow's kernels, so the frequent-items and cardinality sketches
+    below are fed from them as for an object column. The counts are whylogs' own for such a column (its nulls are
+    NaN, or pd.NA, which whylogs does not count as NaN)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = pa.array(series.array)
+    column.null_count = values.null_count
+    column.nan_count = values.null_count if series.dtype.na_value is np.nan else 0
+    if column.null_count == len(values):
+        return
+    counted = pc.value_counts(values)  # distinct values in order of first appearance, as value_counts(sort=False)
+    distinct, counts = counted.field("values"), counted.field("counts")
+    present = distinct.is_valid()
+    column.pandas.strings = series.dropna()
+    column.__dict__["text_counts"] = pd.Series(counts.filter(present).to_numpy(),
+                                               index=distinct.filter(present).to_pylist())
 
 
 def _counted_text(update, add_counts):
@@ -131,12 +188,32 @@ def _distinct_items(metric, counts: pd.Series) -> None:
     metric.hll.value.update_str_list(counts.index.tolist())
 
 
-def profile_frame(frame: pd.DataFrame) -> bytes:
-    """Profile a DataFrame and return the serialized profile view."""
+def profile_frame(frame: pd.DataFrame, cardinality: bool = True) -> bytes:
+    """Profile a DataFrame and return the serialized profile view. `cardinality=False` leaves out whylogs'
+    HyperLogLog sketches, a quarter of the cost of a numeric column, for profiles that never read a cardinality
+    (the data gate's)."""
     why = _whylogs()
-    # pandas 3 string columns are an extension dtype whylogs does not know; plain objects it does.
-    frame = frame.astype({c: object for c in frame.columns if pd.api.types.is_string_dtype(frame[c])})
-    return why.log(frame).view().serialize()
+    # Arrow-backed text (pandas 3's `str`) is sorted by the adapter; any other string extension dtype, whylogs
+    # does not know: as plain objects it does.
+    frame = frame.astype({c: object for c in frame.columns
+                          if pd.api.types.is_string_dtype(frame[c]) and not is_arrow_text(frame[c])})
+    schema = None if cardinality else _without_cardinality()
+    return why.log(frame, schema=schema).view().serialize()
+
+
+@functools.cache
+def _without_cardinality():
+    """A whylogs schema with the standard metrics of each column type but the cardinality sketch."""
+    from whylogs.core.resolvers import StandardResolver
+    from whylogs.core.schema import DatasetSchema
+
+    class NoCardinality(StandardResolver):
+        def resolve(self, name, why_type, column_schema):
+            metrics = super().resolve(name, why_type, column_schema)
+            metrics.pop("cardinality", None)
+            return metrics
+
+    return DatasetSchema(resolvers=NoCardinality())
 
 
 def load_profile(data: bytes):

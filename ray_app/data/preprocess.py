@@ -63,8 +63,16 @@ def categories_as_text(values: pd.Series, missing: str | None = MISSING) -> pd.S
 def as_numbers(values: pd.Series) -> pd.Series:
     """A numeric feature as float64 (booleans as 0/1, anything missing as NaN), index from 0."""
     values = values.reset_index(drop=True)
+    if isinstance(values.dtype, pd.ArrowDtype) and _arrow_number(values.dtype.pyarrow_dtype):
+        return pd.Series(values.to_numpy(dtype=np.float64, na_value=np.nan), copy=False)  # Ray Data's batches
     return pd.to_numeric(values.astype("object") if values.dtype == "boolean" else values,
                          errors="coerce").astype(np.float64)
+
+
+def _arrow_number(dtype) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_floating(dtype) or pa.types.is_integer(dtype) or pa.types.is_boolean(dtype)
 
 
 def normalize_rows(batch: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:

@@ -14,7 +14,7 @@ import pandas as pd
 from ray_app.config import DataGateConfig
 from ray_app.data.preprocess import as_numbers, categories_as_text
 from ray_app.data.sources import FeatureSpec, is_numeric_type
-from ray_app.profiles import PROFILE_BATCH_ROWS, column_stats, merge_serialized, profile_frame
+from ray_app.profiles import PROFILE_BATCH_ROWS, column_stats, is_arrow_text, merge_serialized, profile_frame
 
 
 @dataclass(frozen=True)
@@ -96,12 +96,14 @@ def gate_view(batch: pd.DataFrame, columns: GateColumns) -> tuple[pd.DataFrame, 
         if pd.api.types.is_float_dtype(values):
             finite = values.to_numpy(dtype=np.float64)
             facts["non_integer"][column] = int(np.count_nonzero(np.mod(finite[np.isfinite(finite)], 1)))
-        frame[column] = categories_as_text(values, missing=None)
+        # Arrow text (what Parquet gives) stays Arrow: the whylogs adapter counts it without a Python object per value
+        frame[column] = values if is_arrow_text(values) else categories_as_text(values, missing=None)
     if columns.label in batch:
         labels = batch[columns.label].reset_index(drop=True)
         if columns.task == "classification":
-            facts["labels"] = {str(k): int(v) for k, v in labels.dropna().astype(str).value_counts().items()}
-            frame[columns.label] = labels.astype(str).astype(object).where(labels.notna().to_numpy(), None)
+            text = labels.astype("str").where(labels.notna().to_numpy())
+            facts["labels"] = {str(k): int(v) for k, v in text.value_counts().items()}
+            frame[columns.label] = text
         else:
             frame[columns.label] = as_numbers(labels)
     return frame, facts
@@ -143,12 +145,12 @@ def validate_frame(frame: pd.DataFrame, spec: FeatureSpec, gate: DataGateConfig,
     """The data gate on rows held in memory (the same rules as on a profiled dataset)."""
     columns = GateColumns.of(spec, reference, {str(c): str(t) for c, t in frame.dtypes.items()})
     view, facts = gate_view(frame, columns)
-    return validate_profile(profile_frame(view), facts, columns, spec, gate, reference, source)
+    return validate_profile(profile_frame(view, cardinality=False), facts, columns, spec, gate, reference, source)
 
 
 def _gate_block(batch: pd.DataFrame, columns: GateColumns) -> pd.DataFrame:
     view, facts = gate_view(batch, columns)
-    return pd.DataFrame({"profile": [profile_frame(view)], "facts": [json.dumps(facts)]})
+    return pd.DataFrame({"profile": [profile_frame(view, cardinality=False)], "facts": [json.dumps(facts)]})
 
 
 def validate_dataset(ds, types: dict[str, str], spec: FeatureSpec, gate: DataGateConfig,

@@ -149,3 +149,20 @@ def test_categories_as_text_in_bulk_match_category_text_per_value():
         for missing in (MISSING, None):
             expected = [missing if pd.isna(v) else category_text(v) for v in column.tolist()]
             assert categories_as_text(column, missing).tolist() == expected, column.dtype
+
+
+def test_arrow_backed_numbers_convert_as_numpy_backed_ones():
+    """Ray Data's pandas batches hold `double[pyarrow]`, `int64[pyarrow]`, `bool[pyarrow]`: converted in one copy,
+    to what the same values give through pandas' own conversion (nulls NaN, booleans 0/1, index from 0)."""
+    import pyarrow as pa
+
+    from ray_app.data.preprocess import as_numbers
+
+    cases = [([1.5, None, float("inf"), -2.0], pa.float64()), ([1.5, None], pa.float32()),
+             ([1, None, 2**60 + 1], pa.int64()), ([True, None, False], pa.bool_())]
+    for values, arrow_type in cases:
+        column = pd.Series(pd.array(values, dtype=pd.ArrowDtype(arrow_type)), index=range(7, 7 + len(values)))
+        plain = pd.Series([np.nan if v is None else float(v) for v in values])
+        converted = as_numbers(column)
+        assert converted.dtype == np.float64 and list(converted.index) == list(range(len(values)))
+        np.testing.assert_array_equal(converted.to_numpy(), plain.to_numpy())

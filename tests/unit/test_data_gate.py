@@ -82,3 +82,25 @@ def test_without_a_champion_the_spec_rules_still_apply():
     explicit = DataGateConfig(ranges={"x3": (-1.0, 1.0)})
     report = validate_frame(frame, SPEC, explicit)
     assert rules(report) == {("x0", "null fraction"), ("x3", "range")}
+
+
+def test_arrow_text_and_plain_objects_get_the_same_verdict(reference):
+    """Parquet gives Arrow-backed text, which the gate profiles as it is; a plain-object copy of the same rows (a
+    CSV or an older pandas) must be judged the same, figure for figure."""
+    from ray_app.data.validate import GateColumns, gate_view
+    from ray_app.profiles import column_stats, is_arrow_text
+
+    frame = synthetic_frame(800, seed=5)
+    frame.loc[::9, "segment"] = None
+    frame.loc[7, "channel"] = "fax"
+    frame.loc[::40, "label"] = 2  # a rare class
+    objects = frame.astype({"segment": object, "channel": object})
+    assert is_arrow_text(frame["segment"]) and not is_arrow_text(objects["segment"])
+    columns = GateColumns.of(SPEC, reference, {str(c): str(t) for c, t in frame.dtypes.items()})
+    (arrow_view, arrow_facts), (object_view, object_facts) = gate_view(frame, columns), gate_view(objects, columns)
+    assert is_arrow_text(arrow_view["segment"]) and is_arrow_text(arrow_view["label"])
+    assert arrow_facts == object_facts and arrow_facts["labels"] == {"0": 398, "1": 382, "2": 20}
+    assert column_stats(profile_frame(arrow_view)) == column_stats(profile_frame(object_view))
+    arrow, plain = (validate_frame(f, SPEC, GATE, reference) for f in (frame, objects))
+    assert arrow.violations == plain.violations
+    assert rules(arrow) == {("segment", "null fraction"), ("segment", "null jump"), ("channel", "unseen category")}

@@ -80,3 +80,32 @@ def test_block_profiles_merge_to_the_whole():
     assert mean == frame["i"].mean() and abs(std - frame["i"].std()) < 1e-6
     assert reader.quantiles("a", [0.0])[0] == finite.min()
     assert profiles.merge_serialized([]) is None
+
+
+def test_arrow_text_is_counted_in_bulk_with_whylogs_own_sketches():
+    """Parquet's text (pandas 3's `str`, Arrow-backed) is sorted by Arrow's kernels, never one Python object a
+    value, and gives the sketches whylogs' own code gives for the same column and for its plain-object copy."""
+    from whylogs.core.preprocessing import PreprocessedColumn
+
+    rng = np.random.default_rng(3)
+    n = 5000
+    frame = pd.DataFrame({
+        "colour": pd.Series(rng.choice(["red", "green", "blue", "grey"], n, p=[0.5, 0.3, 0.15, 0.05]), dtype="str"),
+        "long": pd.Series(rng.choice(["p" * 128 + "a", "p" * 128 + "b", "short"], n), dtype="str"),
+        "id": pd.Series([f"user-{i}" for i in rng.permutation(n)], dtype="str"),
+        "na": pd.Series(rng.choice(["x", "y"], n), dtype="string[pyarrow]"),  # nulls are pd.NA, not NaN
+        "none": pd.Series([None] * n, dtype="str"),
+    })
+    frame.loc[::9, "colour"] = None
+    frame.loc[::7, "na"] = pd.NA
+    assert all(profiles.is_arrow_text(frame[c]) for c in frame)
+    sorted_column = PreprocessedColumn.apply(frame["colour"])
+    assert sorted_column.__dict__["text_counts"].to_dict() == frame["colour"].value_counts(sort=False).to_dict()
+    fast = profiles.profile_frame(frame)
+    with profiles.whylogs_own_code():
+        own = profiles.profile_frame(frame)
+    as_objects = profiles.profile_frame(frame.astype(object))
+    for column in frame:
+        items = column != "id"  # more distinct values than the frequent-items sketch holds: its picks may differ
+        assert _sketches(fast, column, items) == _sketches(own, column, items) == _sketches(as_objects, column, items)
+    assert profiles.profile_summary(fast)["na"]["counts/null"] == len(frame[::7])
